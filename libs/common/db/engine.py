@@ -1,0 +1,247 @@
+"""Async engines for SQLite (aiosqlite) and MySQL/MariaDB (asyncmy) from one URL.
+
+One request or one message is one transaction, committed here at the edge
+(:meth:`Database.run`); services receive a :class:`Tx` and only execute and flush.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from libs.common.ids import SHARD_COUNT
+
+log = logging.getLogger("tuike.db")
+T = TypeVar("T")
+
+# MySQL/MariaDB: deadlock, lock wait timeout, server gone, lost connection, can't connect.
+_MYSQL_RETRYABLE = {1213, 1205, 2006, 2013, 2003}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A busy SQLite file or a MySQL deadlock/lost connection: run the transaction again."""
+    if isinstance(exc, OperationalError | DBAPIError):
+        text = str(exc.orig if getattr(exc, "orig", None) is not None else exc).lower()
+        if "database is locked" in text or "database table is locked" in text:
+            return True
+        orig = getattr(exc, "orig", None)
+        args = getattr(orig, "args", ())
+        if args and isinstance(args[0], int) and args[0] in _MYSQL_RETRYABLE:
+            return True
+        if getattr(exc, "connection_invalidated", False):
+            return True
+    return False
+
+
+def _make_engine(url: str, *, write: bool, echo: bool) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url, echo=echo, connect_args={"timeout": 30}, pool_size=8, max_overflow=8
+        )
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let us issue BEGIN ourselves (pysqlite's implicit BEGIN is deferred).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # SQLite has one writer: take the write lock up front so two transactions never
+            # both read and then deadlock upgrading; readers use a deferred BEGIN.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    return create_async_engine(
+        url,
+        echo=echo,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        isolation_level="READ COMMITTED",
+    )
+
+
+class Tx:
+    """One unit of work: lazily opened connections, one per physical database it touches."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._connections: dict[str, AsyncConnection] = {}
+        self._after_commit: list[Callable[[], Awaitable[None]]] = []
+
+    async def _open(self, url: str) -> AsyncConnection:
+        conn = self._connections.get(url)
+        if conn is None:
+            conn = await self.db.engine_for_url(url).connect()
+            await conn.begin()
+            self._connections[url] = conn
+        return conn
+
+    async def main(self) -> AsyncConnection:
+        """The service's main database (global indexes, outbox, inbox, settings)."""
+        return await self._open(self.db.url)
+
+    async def shard(self, shard: int) -> AsyncConnection:
+        """The physical database that holds logical shard ``shard``."""
+        return await self._open(self.db.shard_url(shard))
+
+    def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` once the transaction committed (cache invalidation, wake-ups)."""
+        self._after_commit.append(callback)
+
+    async def _finish(self, commit: bool) -> None:
+        # Shards first, main last: the main database holds the index rows that claim a value,
+        # so a crash between the two leaves a claim that a retry resolves, never a lost claim.
+        ordered = sorted(self._connections.items(), key=lambda item: item[0] == self.db.url)
+        try:
+            for _, conn in ordered:
+                if commit:
+                    await conn.commit()
+                else:
+                    await conn.rollback()
+        finally:
+            for _, conn in ordered:
+                await conn.close()
+            self._connections.clear()
+
+
+class Database:
+    """The engines of one service: primary, optional replica, and the shard map."""
+
+    def __init__(
+        self,
+        url: str,
+        replica_url: str | None = None,
+        shard_map: dict[int, str] | None = None,
+        *,
+        echo: bool = False,
+        max_attempts: int = 8,
+    ) -> None:
+        self.url = url
+        self.shard_map = {int(k): v for k, v in (shard_map or {}).items()}
+        self.echo = echo
+        self.max_attempts = max_attempts
+        self._engines: dict[str, AsyncEngine] = {}
+        # Called after a commit that wrote outbox rows (the relay wakes up at once).
+        self.outbox_listeners: list[Callable[[], Awaitable[None]]] = []
+        self.primary = self.engine_for_url(url)
+        self.dialect = self.primary.dialect.name
+        if replica_url:
+            self.reader = _make_engine(replica_url, write=False, echo=echo)
+        elif self.dialect == "sqlite":
+            self.reader = _make_engine(url, write=False, echo=echo)
+        else:
+            self.reader = self.primary
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def engine_for_url(self, url: str) -> AsyncEngine:
+        engine = self._engines.get(url)
+        if engine is None:
+            engine = _make_engine(url, write=True, echo=self.echo)
+            self._engines[url] = engine
+        return engine
+
+    def shard_url(self, shard: int) -> str:
+        if not 0 <= shard < SHARD_COUNT:
+            raise ValueError(f"logical shard {shard} out of range")
+        return self.shard_map.get(shard, self.url)
+
+    def physical_urls(self) -> list[str]:
+        """Every distinct physical database, main first."""
+        urls = [self.url]
+        for shard in range(SHARD_COUNT):
+            url = self.shard_url(shard)
+            if url not in urls:
+                urls.append(url)
+        return urls
+
+    def shards_by_url(self) -> dict[str, list[int]]:
+        grouped: dict[str, list[int]] = {}
+        for shard in range(SHARD_COUNT):
+            grouped.setdefault(self.shard_url(shard), []).append(shard)
+        return grouped
+
+    async def run(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction and commit it; retry it whole when the database
+        is busy (SQLite) or reports a deadlock or a lost connection (MySQL)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_retryable),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_exponential_jitter(multiplier=0.01, max=1.0, jitter=0.05),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                tx = Tx(self)
+                try:
+                    result = await work(tx)
+                except BaseException:
+                    await tx._finish(commit=False)
+                    raise
+                await tx._finish(commit=True)
+                for callback in tx._after_commit:
+                    try:
+                        await callback()
+                    except Exception:
+                        log.exception("after-commit callback failed")
+                return result
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def read(self, *, may_lag: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A read-only connection: the replica for reads that may lag (lists, stats), the
+        primary for reads that decide money."""
+        engine = self.reader if may_lag else self.primary
+        async with engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read_shard(
+        self, shard: int, *, may_lag: bool = True
+    ) -> AsyncIterator[AsyncConnection]:
+        url = self.shard_url(shard)
+        if url == self.url:
+            async with self.read(may_lag=may_lag) as conn:
+                yield conn
+            return
+        async with self.engine_for_url(url).connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        from sqlalchemy import text
+
+        async with self.primary.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        for engine in self._engines.values():
+            await engine.dispose()
+        if self.reader is not self.primary:
+            await self.reader.dispose()

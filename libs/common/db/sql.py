@@ -1,0 +1,57 @@
+"""Dialect-neutral statements that run on SQLite, MySQL 8 and MariaDB 10.11 alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Insert, Table
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+async def insert_ignore(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert rows, skipping those that collide with a unique key; returns rows inserted.
+
+    (MySQL counts only inserted rows for ``INSERT IGNORE``; SQLite ``ON CONFLICT DO NOTHING``
+    likewise.) Never ``INSERT … RETURNING``: MySQL 8 lacks it.
+    """
+    if not rows:
+        return 0
+    statement: Insert
+    if conn.dialect.name == "sqlite":
+        statement = sqlite_insert(table).on_conflict_do_nothing()
+    else:
+        statement = mysql_insert(table).prefix_with("IGNORE")
+    result = await conn.execute(statement, list(rows))
+    return int(result.rowcount or 0)
+
+
+async def upsert_add(
+    conn: AsyncConnection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    key_columns: Sequence[str],
+    add_columns: Sequence[str],
+) -> None:
+    """Insert rows, or add their ``add_columns`` to the row that already has the same key."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        sqlite_statement = sqlite_insert(table)
+        await conn.execute(
+            sqlite_statement.on_conflict_do_update(
+                index_elements=list(key_columns),
+                set_={c: table.c[c] + sqlite_statement.excluded[c] for c in add_columns},
+            ),
+            list(rows),
+        )
+    else:
+        mysql_statement = mysql_insert(table)
+        await conn.execute(
+            mysql_statement.on_duplicate_key_update(
+                {c: table.c[c] + mysql_statement.inserted[c] for c in add_columns}
+            ),
+            list(rows),
+        )

@@ -1,0 +1,135 @@
+"""Pipeline probes: an operator (or a test) sends a probe event through one service's outbox
+and checks that every other service's consumer applied it exactly once.
+
+``POST /api/v1/diagnostics/{service}/probes`` writes a ``diagnostic.probe`` event;
+``GET /api/v1/diagnostics/{service}/probes/{probe_id}`` says how many times this service
+applied it (1 is right; 0 = not arrived yet; more = a duplicate got through);
+``POST /api/v1/diagnostics/{service}/outbox/{event_id}/republish`` publishes an outbox row
+again (replaying an event by hand; consumers must absorb it).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, Field
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, update
+
+from libs.common.db.engine import Tx
+from libs.common.db.global_index import global_index_metadata
+from libs.common.db.migrations import Migration, MigrationContext
+from libs.common.errors import NotFound
+from libs.common.messaging.consumer import Subscription, inbox_metadata
+from libs.common.messaging.envelope import DIAGNOSTIC_EVENTS, Envelope, make_event
+from libs.common.messaging.outbox import AutoId, outbox, outbox_metadata, publish, utcnow
+from libs.common.runtime import Runtime, get_runtime
+
+diagnostics_metadata = MetaData()
+probe_receipts = Table(
+    "diagnostic_probe_receipts",
+    diagnostics_metadata,
+    # Deliberately not unique on the probe: only the inbox may stop a duplicate, so a count
+    # above one shows a duplicate got through.
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("probe_id", String(64), nullable=False, index=True),
+    Column("event_id", String(191), nullable=False),
+    Column("received_at", DateTime, nullable=False),
+)
+
+
+async def _create_common_tables(ctx: MigrationContext) -> None:
+    for metadata in (outbox_metadata, inbox_metadata, global_index_metadata, diagnostics_metadata):
+        await ctx.create_tables(metadata)
+
+
+COMMON_MIGRATION = Migration(
+    1, "common tables: outbox, inbox, dead letters, index, probes", _create_common_tables
+)
+
+
+class ProbeRequest(BaseModel):
+    crash_at: str | None = Field(
+        default=None,
+        description="fault injection (only where enabled): crash a consumer at this point",
+    )
+
+
+class ProbeCreated(BaseModel):
+    probe_id: str
+    event_id: str
+
+
+class ProbeReceipts(BaseModel):
+    service: str
+    probe_id: str
+    applied_count: int
+
+
+def diagnostics_router(service: str) -> APIRouter:
+    router = APIRouter(prefix=f"/api/v1/diagnostics/{service}", tags=["diagnostics"])
+
+    @router.post("/probes", status_code=201, response_model=ProbeCreated)
+    async def send_probe(
+        body: ProbeRequest | None = Body(default=None),
+        runtime: Runtime = Depends(get_runtime),
+    ) -> ProbeCreated:
+        probe_id = secrets.token_hex(8)
+        data: dict[str, Any] = {"probe_id": probe_id}
+        if body and body.crash_at:
+            data["_crash_at"] = body.crash_at
+        event = make_event("diagnostic.probe", probe_id, key=probe_id, data=data, source=service)
+
+        async def work(tx: Tx) -> None:
+            await publish(tx, DIAGNOSTIC_EVENTS, event)
+
+        await runtime.db.run(work)
+        return ProbeCreated(probe_id=probe_id, event_id=event.id)
+
+    @router.get("/probes/{probe_id}", response_model=ProbeReceipts)
+    async def probe_receipts_of(
+        probe_id: str, runtime: Runtime = Depends(get_runtime)
+    ) -> ProbeReceipts:
+        async with runtime.db.read(may_lag=False) as conn:
+            count = await conn.scalar(
+                select(func.count())
+                .select_from(probe_receipts)
+                .where(probe_receipts.c.probe_id == probe_id)
+            )
+        return ProbeReceipts(service=service, probe_id=probe_id, applied_count=int(count or 0))
+
+    @router.post("/outbox/{event_id}/republish", status_code=202)
+    async def republish(event_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, str]:
+        async def work(tx: Tx) -> int:
+            result = await (await tx.main()).execute(
+                update(outbox).where(outbox.c.event_id == event_id).values(published_at=None)
+            )
+            for listener in tx.db.outbox_listeners:
+                tx.after_commit(listener)
+            return int(result.rowcount or 0)
+
+        if not await runtime.db.run(work):
+            raise NotFound(f"no outbox event {event_id}", code="outbox.not_found")
+        return {"event_id": event_id, "status": "queued"}
+
+    return router
+
+
+async def _record_probes(tx: Tx, events: Sequence[Envelope]) -> None:
+    conn = await tx.main()
+    now = utcnow()
+    await conn.execute(
+        probe_receipts.insert(),
+        [{"probe_id": e.data["probe_id"], "event_id": e.id, "received_at": now} for e in events],
+    )
+
+
+def probe_subscription() -> Subscription:
+    return Subscription(
+        name="diagnostics",
+        topics=[DIAGNOSTIC_EVENTS],
+        handler=_record_probes,
+        event_types=frozenset({"diagnostic.probe"}),
+    )

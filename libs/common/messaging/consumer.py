@@ -1,0 +1,282 @@
+"""Consumers with an inbox: effects and the ``(consumer, event_id)`` record commit in one
+transaction, then the Kafka offset is committed (manual commit, never before processing).
+
+A redelivered event finds its inbox row and changes nothing. A message that keeps failing
+goes, after bounded retries, to ``<topic>.dlq`` and to the ``dead_letters`` table with the
+reason, so it can be replayed after a fix even if the broker forgot it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+)
+
+from libs.common.db.engine import Database, Tx
+from libs.common.db.sql import insert_ignore
+from libs.common.messaging.envelope import Envelope, dlq_topic
+from libs.common.messaging.kafka import ensure_topics, start_with_retry
+from libs.common.messaging.outbox import AutoId, LongText, utcnow
+from libs.common.metrics import DLQ_MESSAGES, MESSAGE_QUEUE_SIZE, MESSAGES_CONSUMED
+from libs.common.settings import ServiceSettings
+
+log = logging.getLogger("tuike.consumer")
+
+inbox_metadata = MetaData()
+inbox = Table(
+    "inbox",
+    inbox_metadata,
+    Column("consumer", String(64), primary_key=True),
+    Column("event_id", String(191), primary_key=True),
+    Column("processed_at", DateTime, nullable=False),
+)
+dead_letters = Table(
+    "dead_letters",
+    inbox_metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("consumer", String(64), nullable=False, index=True),
+    Column("topic", String(128), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("event_id", String(191), nullable=True),
+    Column("payload", LongText, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("replayed_at", DateTime, nullable=True),
+)
+
+# A handler receives the new (not yet seen) events of one micro-batch in one transaction.
+BatchHandler = Callable[[Tx, Sequence[Envelope]], Awaitable[None]]
+
+
+@dataclass
+class Subscription:
+    name: str
+    topics: Sequence[str]
+    handler: BatchHandler
+    event_types: frozenset[str] | None = None  # None = every type on the topics
+
+
+class PoisonMessage(Exception):
+    """Raised by a handler for a message that can never succeed (bad data): no retries."""
+
+
+class _InboxRace(Exception):
+    pass
+
+
+async def record_new(tx: Tx, consumer: str, events: Sequence[Envelope]) -> list[Envelope]:
+    """Record events in the inbox; return those not seen before (in order, deduplicated)."""
+    conn = await tx.main()
+    unique: dict[str, Envelope] = {}
+    for event in events:
+        unique.setdefault(event.id, event)
+    if not unique:
+        return []
+    seen = set(
+        (
+            await conn.execute(
+                select(inbox.c.event_id).where(
+                    inbox.c.consumer == consumer, inbox.c.event_id.in_(list(unique))
+                )
+            )
+        ).scalars()
+    )
+    fresh = [e for e in unique.values() if e.id not in seen]
+    now = utcnow()
+    inserted = await insert_ignore(
+        conn, inbox, [{"consumer": consumer, "event_id": e.id, "processed_at": now} for e in fresh]
+    )
+    if inserted != len(fresh):
+        # Another consumer instance recorded some of them between our read and insert
+        # (a rebalance): let the whole batch run again so the inbox decides per event.
+        raise _InboxRace()
+    return fresh
+
+
+def _crash_point(settings: ServiceSettings, point: str, events: Sequence[Envelope]) -> None:
+    """Fault injection for the reliability tests: an event whose data asks for a crash at
+    ``point`` kills this process (SIGKILL) there, only when fault injection is enabled."""
+    if not settings.fault_injection:
+        return
+    for event in events:
+        if event.data.get("_crash_at") == point:
+            log.warning("fault injection: SIGKILL at %s for %s", point, event.id)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        subscription: Subscription,
+        db: Database,
+        producer: AIOKafkaProducer,
+        settings: ServiceSettings,
+    ) -> None:
+        self.subscription = subscription
+        self.db = db
+        self.producer = producer
+        self.settings = settings
+        self.name = f"{settings.service_name}.{subscription.name}"
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def _apply(self, events: Sequence[Envelope]) -> int:
+        async def work(tx: Tx) -> int:
+            fresh = await record_new(tx, self.name, events)
+            wanted = [
+                e
+                for e in fresh
+                if self.subscription.event_types is None or e.type in self.subscription.event_types
+            ]
+            if wanted:
+                await self.subscription.handler(tx, wanted)
+            return len(fresh)
+
+        return await self.db.run(work)
+
+    async def _dead_letter(self, record: ConsumerRecord, event_id: str | None, reason: str) -> None:
+        log.error("dead-lettering %s from %s: %s", event_id, record.topic, reason)
+        payload = record.value or b""
+
+        async def work(tx: Tx) -> None:
+            await (await tx.main()).execute(
+                dead_letters.insert().values(
+                    consumer=self.name,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    event_id=event_id,
+                    payload=payload.decode(errors="replace"),
+                    reason=reason[:2000],
+                    created_at=utcnow(),
+                )
+            )
+
+        await self.db.run(work)
+        try:
+            await self.producer.send_and_wait(
+                dlq_topic(record.topic),
+                value=payload,
+                key=record.key,
+                headers=[("reason", reason[:500].encode()), ("consumer", self.name.encode())],
+            )
+        except Exception:
+            # The row in dead_letters is the durable copy; the topic is for tooling.
+            log.exception("could not produce to %s", dlq_topic(record.topic))
+        DLQ_MESSAGES.labels(self.name, record.topic).inc()
+        MESSAGES_CONSUMED.labels(self.name, record.topic, "dead_lettered").inc()
+
+    async def _process_one(self, record: ConsumerRecord) -> None:
+        try:
+            event = Envelope.from_bytes(record.value or b"")
+        except ValidationError as exc:
+            await self._dead_letter(record, None, f"undecodable envelope: {exc}")
+            return
+        delay = 0.05
+        for attempt in range(1, self.settings.consumer_max_retries + 1):
+            try:
+                fresh = await self._apply([event])
+                outcome = "applied" if fresh else "duplicate"
+                MESSAGES_CONSUMED.labels(self.name, record.topic, outcome).inc()
+                _crash_point(self.settings, "consumer.after_db_commit", [event] if fresh else [])
+                return
+            except PoisonMessage as exc:
+                await self._dead_letter(record, event.id, f"poison: {exc}")
+                return
+            except Exception as exc:
+                if attempt == self.settings.consumer_max_retries:
+                    await self._dead_letter(
+                        record, event.id, f"failed {attempt} times: {type(exc).__name__}: {exc}"
+                    )
+                    return
+                log.warning("handling %s failed (attempt %d): %s", event.id, attempt, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _process_batch(self, records: list[ConsumerRecord]) -> None:
+        events: list[Envelope] = []
+        for record in records:
+            try:
+                events.append(Envelope.from_bytes(record.value or b""))
+            except ValidationError:
+                events = []
+                break
+        if events and len(events) == len(records):
+            try:
+                fresh = await self._apply(events)
+                MESSAGES_CONSUMED.labels(self.name, records[0].topic, "applied").inc(fresh)
+                MESSAGES_CONSUMED.labels(self.name, records[0].topic, "duplicate").inc(
+                    len(events) - fresh
+                )
+                _crash_point(self.settings, "consumer.after_db_commit", events if fresh else [])
+                return
+            except Exception as exc:
+                log.warning("batch of %d failed (%s); handling one by one", len(records), exc)
+        # One by one: a bad message cannot hold back the good ones around it.
+        for record in records:
+            await self._process_one(record)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        topics = list(self.subscription.topics)
+        await ensure_topics(self.settings, [*topics, *(dlq_topic(t) for t in topics)])
+        self.consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.consumer_batch_size,
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+        )
+        await start_with_retry(self.consumer)
+        try:
+            while not stop.is_set():
+                try:
+                    batches = await self.consumer.getmany(
+                        timeout_ms=200, max_records=self.settings.consumer_batch_size
+                    )
+                    for records in batches.values():
+                        if records:
+                            await self._process_batch(records)
+                    if batches:
+                        await self.consumer.commit()
+                    await self._report_lag()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("consumer %s step failed; retrying", self.name)
+                    await asyncio.sleep(1.0)
+                    await ensure_topics(self.settings, topics)
+        finally:
+            await self.consumer.stop()
+
+    async def _report_lag(self) -> None:
+        assert self.consumer is not None
+        lag_by_topic: dict[str, int] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            position = await self.consumer.position(tp)
+            lag_by_topic[tp.topic] = lag_by_topic.get(tp.topic, 0) + max(0, high - position)
+        for topic, lag in lag_by_topic.items():
+            MESSAGE_QUEUE_SIZE.labels(f"{topic}:{self.name}").set(lag)

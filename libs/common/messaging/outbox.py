@@ -1,0 +1,233 @@
+"""Transactional outbox: the event row is written in the business transaction; a relay
+publishes it and marks it.
+
+The embedded broker keeps messages in memory, so the relay republishes rows when it starts
+and whenever it sees the broker restarted (a partition's offsets went back), back to a
+retention horizon; consumers absorb the duplicates through their inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.db.engine import Database, Tx
+from libs.common.db.sql import insert_ignore
+from libs.common.messaging.envelope import Envelope
+from libs.common.messaging.kafka import ensure_topics
+from libs.common.metrics import MESSAGE_QUEUE_SIZE, MESSAGES_PUBLISHED, OUTBOX_REPUBLISHED
+from libs.common.settings import ServiceSettings
+
+log = logging.getLogger("tuike.outbox")
+
+LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+# SQLite autoincrements only an INTEGER PRIMARY KEY.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """Naive UTC, the form DATETIME columns hold on every dialect."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+outbox_metadata = MetaData()
+outbox = Table(
+    "outbox",
+    outbox_metadata,
+    Column("seq", AutoId, primary_key=True, autoincrement=True),
+    Column("event_id", String(191), nullable=False, unique=True),
+    Column("topic", String(128), nullable=False),
+    Column("event_key", String(128), nullable=False),
+    Column("payload", LongText, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("published_at", DateTime, nullable=True),
+    Index("ix_outbox_published", "published_at", "seq"),
+)
+
+
+async def add(conn: AsyncConnection, topic: str, events: Sequence[Envelope]) -> int:
+    """Write events to the outbox in the caller's transaction; an event id already in the
+    outbox is skipped (the same fact is never queued twice). Returns rows written."""
+    now = utcnow()
+    return await insert_ignore(
+        conn,
+        outbox,
+        [
+            {
+                "event_id": e.id,
+                "topic": topic,
+                "event_key": e.key,
+                "payload": e.to_bytes().decode(),
+                "created_at": now,
+                "published_at": None,
+            }
+            for e in events
+        ],
+    )
+
+
+async def publish(tx: Tx, topic: str, *events: Envelope) -> None:
+    """Queue events on ``topic`` in this transaction and wake the relay after the commit."""
+    await add(await tx.main(), topic, events)
+    for listener in tx.db.outbox_listeners:
+        tx.after_commit(listener)
+
+
+class OutboxRelay:
+    """Publishes outbox rows in order and marks them published."""
+
+    def __init__(
+        self,
+        db: Database,
+        producer: AIOKafkaProducer,
+        settings: ServiceSettings,
+        topics: Sequence[str],
+    ) -> None:
+        self.db = db
+        self.producer = producer
+        self.settings = settings
+        self.topics = list(topics)
+        self.service = settings.service_name
+        self._wake = asyncio.Event()
+        # Highest offset seen per (topic, partition): an offset lower than this means the
+        # broker lost its log (the embedded broker restarted), so we publish again.
+        self._high_offsets: dict[tuple[str, int], int] = {}
+        self._check_topics = True
+        db.outbox_listeners.append(self.wake)
+
+    async def wake(self) -> None:
+        self._wake.set()
+
+    async def backlog(self) -> int:
+        async with self.db.read(may_lag=False) as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+            )
+        return int(count or 0)
+
+    async def _send(self, rows: Sequence[tuple[int, str, str, str]]) -> bool:
+        """Send rows and wait for the acks; True if the broker looks restarted."""
+        futures = [
+            await self.producer.send(topic, value=payload.encode(), key=key.encode())
+            for _, topic, key, payload in rows
+        ]
+        restarted = False
+        for (_, topic, _key, _payload), future in zip(rows, futures, strict=True):
+            metadata = await future
+            slot = (topic, metadata.partition)
+            if metadata.offset < self._high_offsets.get(slot, -1):
+                restarted = True
+            self._high_offsets[slot] = max(self._high_offsets.get(slot, -1), metadata.offset)
+        return restarted
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unpublished rows; returns how many."""
+        async with self.db.read(may_lag=False) as conn:
+            rows = (
+                await conn.execute(
+                    select(outbox.c.seq, outbox.c.topic, outbox.c.event_key, outbox.c.payload)
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.seq)
+                    .limit(self.settings.outbox_batch_size)
+                )
+            ).all()
+        if not rows:
+            return 0
+        restarted = await self._send([tuple(r) for r in rows])
+        seqs = [r[0] for r in rows]
+
+        async def mark(tx: Tx) -> None:
+            conn = await tx.main()
+            await conn.execute(
+                update(outbox).where(outbox.c.seq.in_(seqs)).values(published_at=utcnow())
+            )
+
+        await self.db.run(mark)
+        for row in rows:
+            MESSAGES_PUBLISHED.labels(self.service, row[1]).inc()
+        if restarted:
+            log.warning("broker offsets went back: republishing the outbox horizon")
+            await self.republish_horizon()
+        return len(rows)
+
+    async def republish_horizon(self) -> int:
+        """Publish again every row published within the horizon (in order)."""
+        await ensure_topics(self.settings, self.topics)
+        since = utcnow() - timedelta(seconds=self.settings.outbox_republish_horizon_seconds)
+        last_seq = 0
+        total = 0
+        while True:
+            async with self.db.read(may_lag=False) as conn:
+                rows = (
+                    await conn.execute(
+                        select(outbox.c.seq, outbox.c.topic, outbox.c.event_key, outbox.c.payload)
+                        .where(
+                            outbox.c.published_at.is_not(None),
+                            outbox.c.created_at >= since,
+                            outbox.c.seq > last_seq,
+                        )
+                        .order_by(outbox.c.seq)
+                        .limit(self.settings.outbox_batch_size)
+                    )
+                ).all()
+            if not rows:
+                break
+            self._high_offsets.clear()
+            await self._send([tuple(r) for r in rows])
+            last_seq = rows[-1][0]
+            total += len(rows)
+        if total:
+            OUTBOX_REPUBLISHED.labels(self.service).inc(total)
+            log.info("republished %d outbox rows", total)
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        first = True
+        while not stop.is_set():
+            try:
+                if first:
+                    await self.republish_horizon()
+                    first = False
+                    self._check_topics = False
+                if self._check_topics:
+                    await ensure_topics(self.settings, self.topics)
+                    self._check_topics = False
+                published = await self.publish_pending()
+                MESSAGE_QUEUE_SIZE.labels(f"outbox:{self.service}").set(await self.backlog())
+                if published:
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay step failed; retrying")
+                # The broker may have restarted empty: recreate the topics before resending;
+                # the offsets going back then trigger the republish.
+                self._check_topics = True
+                await asyncio.sleep(1.0)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=self.settings.outbox_poll_seconds * 20
+                )
+            except TimeoutError:
+                pass

@@ -1,0 +1,91 @@
+"""Prometheus metrics with the names operators already expect (ARCHITECTURE §10)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
+
+REQUEST_COUNT = Counter(
+    "promoter_api_request_count",
+    "HTTP requests served, by route template and status",
+    ["service", "method", "path", "status"],
+)
+REQUEST_DURATION = Histogram(
+    "promoter_api_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["service", "method", "path"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+COMMISSION_CALCULATION_DURATION = Histogram(
+    "promoter_commission_calculation_duration_seconds",
+    "Time to compute and store the commissions of a batch of paid orders",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+MESSAGE_QUEUE_SIZE = Gauge(
+    "promoter_message_queue_size",
+    "Messages waiting: outbox backlog (queue=outbox:<service>) and consumer lag (queue=<topic>)",
+    ["queue"],
+)
+MESSAGES_CONSUMED = Counter(
+    "promoter_messages_consumed_total",
+    "Messages handled by a consumer, by outcome (applied, duplicate, dead_lettered)",
+    ["consumer", "topic", "outcome"],
+)
+MESSAGES_PUBLISHED = Counter(
+    "promoter_messages_published_total", "Outbox rows published by the relay", ["service", "topic"]
+)
+OUTBOX_REPUBLISHED = Counter(
+    "promoter_outbox_republished_total",
+    "Outbox rows published again because the broker lost them (restart) or at relay start",
+    ["service"],
+)
+DLQ_MESSAGES = Counter(
+    "promoter_dlq_messages_total", "Messages sent to a dead-letter topic", ["consumer", "topic"]
+)
+DEPENDENCY_UP = Gauge(
+    "promoter_dependency_up",
+    "1 when the last readiness check of a dependency passed",
+    ["service", "dependency"],
+)
+REDIS_FAILURES = Counter(
+    "promoter_redis_failures_total", "Redis calls that failed, by use", ["use"]
+)
+
+
+def route_template(request: Request) -> str:
+    """The route's path template (``/api/v1/users/{user_id}``), never the raw URL."""
+    route = request.scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return str(route.path)
+    for candidate in request.app.router.routes:
+        match, _ = candidate.matches(request.scope)
+        if match == Match.FULL and getattr(candidate, "path", None):
+            return str(candidate.path)
+    return "unmatched"
+
+
+def install_metrics(app: FastAPI, service: str) -> None:
+    @app.middleware("http")
+    async def _measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            path = route_template(request)
+            REQUEST_COUNT.labels(service, request.method, path, str(status)).inc()
+            REQUEST_DURATION.labels(service, request.method, path).observe(
+                time.perf_counter() - started
+            )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,7 @@
+"""HTTP routes of the commission service: parse, authorize, call one service function, map."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api/v1", tags=["commission"])
