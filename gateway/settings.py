@@ -8,10 +8,6 @@ from libs.common.settings import CommonSettings
 class GatewaySettings(CommonSettings):
     service_name: str = "gateway"
     port: int = 8000
-    user_service_url: str = "http://127.0.0.1:8001"
-    order_service_url: str = "http://127.0.0.1:8002"
-    commission_service_url: str = "http://127.0.0.1:8003"
-    stats_service_url: str = "http://127.0.0.1:8004"
     upstream_connect_timeout_seconds: float = 2.0
     upstream_timeout_seconds: float = 15.0
     upstream_max_connections: int = 200

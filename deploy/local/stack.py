@@ -90,6 +90,7 @@ class StackConfig:
     kafka_bootstrap_servers: str | None = None
     redis_key_prefix: str = "tuike:"
     admin_key: str = "dev-admin-key"
+    internal_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     fault_injection: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -161,9 +162,12 @@ class Stack:
             "TUIKE_REDIS_KEY_PREFIX": self.config.redis_key_prefix,
             "TUIKE_KAFKA_BOOTSTRAP_SERVERS": self.kafka,
             "TUIKE_BOOTSTRAP_ADMIN_KEY": self.config.admin_key,
+            "TUIKE_INTERNAL_API_KEY": self.config.internal_key,
             "TUIKE_FAULT_INJECTION": "true" if self.config.fault_injection else "false",
             "PYTHONUNBUFFERED": "1",
         }
+        for service in SERVICES:
+            env[f"TUIKE_{service.upper()}_SERVICE_URL"] = self.service_url(service)
         env.update(self.config.extra_env)
         return env
 
@@ -290,8 +294,6 @@ class Stack:
     def start_gateway(self) -> None:
         env = self._common_env()
         env["TUIKE_PORT"] = str(self.config.gateway_port)
-        for service in SERVICES:
-            env[f"TUIKE_{service.upper()}_SERVICE_URL"] = self.service_url(service)
         self._spawn("gateway", [sys.executable, "-m", "gateway"], env)
 
     def start(self, timeout: float = 90) -> None:

@@ -16,38 +16,16 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, Field
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, update
+from sqlalchemy import func, select, update
 
+from libs.common.auth import Caller
+from libs.common.db.common_tables import probe_receipts
 from libs.common.db.engine import Tx
-from libs.common.db.global_index import global_index_metadata
-from libs.common.db.migrations import Migration, MigrationContext
 from libs.common.errors import NotFound
-from libs.common.messaging.consumer import Subscription, inbox_metadata
+from libs.common.messaging.consumer import Subscription
 from libs.common.messaging.envelope import DIAGNOSTIC_EVENTS, Envelope, make_event
-from libs.common.messaging.outbox import AutoId, outbox, outbox_metadata, publish, utcnow
-from libs.common.runtime import Runtime, get_runtime
-
-diagnostics_metadata = MetaData()
-probe_receipts = Table(
-    "diagnostic_probe_receipts",
-    diagnostics_metadata,
-    # Deliberately not unique on the probe: only the inbox may stop a duplicate, so a count
-    # above one shows a duplicate got through.
-    Column("id", AutoId, primary_key=True, autoincrement=True),
-    Column("probe_id", String(64), nullable=False, index=True),
-    Column("event_id", String(191), nullable=False),
-    Column("received_at", DateTime, nullable=False),
-)
-
-
-async def _create_common_tables(ctx: MigrationContext) -> None:
-    for metadata in (outbox_metadata, inbox_metadata, global_index_metadata, diagnostics_metadata):
-        await ctx.create_tables(metadata)
-
-
-COMMON_MIGRATION = Migration(
-    1, "common tables: outbox, inbox, dead letters, index, probes", _create_common_tables
-)
+from libs.common.messaging.outbox import outbox, publish, utcnow
+from libs.common.runtime import Runtime, get_caller, get_runtime
 
 
 class ProbeRequest(BaseModel):
@@ -75,7 +53,9 @@ def diagnostics_router(service: str) -> APIRouter:
     async def send_probe(
         body: ProbeRequest | None = Body(default=None),
         runtime: Runtime = Depends(get_runtime),
+        caller: Caller = Depends(get_caller),
     ) -> ProbeCreated:
+        caller.require()
         probe_id = secrets.token_hex(8)
         data: dict[str, Any] = {"probe_id": probe_id}
         if body and body.crash_at:
@@ -90,8 +70,9 @@ def diagnostics_router(service: str) -> APIRouter:
 
     @router.get("/probes/{probe_id}", response_model=ProbeReceipts)
     async def probe_receipts_of(
-        probe_id: str, runtime: Runtime = Depends(get_runtime)
+        probe_id: str, runtime: Runtime = Depends(get_runtime), caller: Caller = Depends(get_caller)
     ) -> ProbeReceipts:
+        caller.require()
         async with runtime.db.read(may_lag=False) as conn:
             count = await conn.scalar(
                 select(func.count())
@@ -101,7 +82,11 @@ def diagnostics_router(service: str) -> APIRouter:
         return ProbeReceipts(service=service, probe_id=probe_id, applied_count=int(count or 0))
 
     @router.post("/outbox/{event_id}/republish", status_code=202)
-    async def republish(event_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, str]:
+    async def republish(
+        event_id: str, runtime: Runtime = Depends(get_runtime), caller: Caller = Depends(get_caller)
+    ) -> dict[str, str]:
+        caller.require()
+
         async def work(tx: Tx) -> int:
             result = await (await tx.main()).execute(
                 update(outbox).where(outbox.c.event_id == event_id).values(published_at=None)

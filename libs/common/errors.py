@@ -111,8 +111,17 @@ def install_error_handlers(app: FastAPI) -> None:
             }
             for e in exc.errors()
         ]
+        # 422 only for a malformed body; a bad path or query parameter is a plain 400.
+        in_body = any(p["loc"][:1] == ["body"] for p in problems)
+        if in_body:
+            return error_response(
+                422, "request.invalid", "the request body is malformed", {"errors": problems}
+            )
         return error_response(
-            422, "request.invalid", "the request is malformed", {"errors": problems}
+            400,
+            "request.bad_parameter",
+            "a path or query parameter is invalid",
+            {"errors": problems},
         )
 
     @app.exception_handler(StarletteHTTPException)

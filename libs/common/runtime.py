@@ -19,6 +19,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
+from libs.common.auth import Caller, authenticate
+from libs.common.business_settings import ChangeCheck, SettingsModel, SettingsStore, settings_router
 from libs.common.db.engine import Database
 from libs.common.db.migrations import Migration, migrate
 from libs.common.errors import install_error_handlers
@@ -48,6 +50,9 @@ class ServiceSpec:
     subscriptions: Callable[[Runtime], Sequence[Subscription]] = lambda runtime: ()
     tasks: Callable[[Runtime], Sequence[Task]] = lambda runtime: ()
     on_start: Callable[[Runtime], Awaitable[None]] | None = None
+    # The service's business settings (GET/PUT /api/v1/settings/{name}); None = no settings.
+    settings_model: type[SettingsModel] | None = None
+    settings_check: ChangeCheck | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +72,9 @@ class Runtime:
         self.ids: IdGenerator | None = None
         self.node_lease: NodeLease | None = None
         self.relay: OutboxRelay | None = None
+        self.business: SettingsStore[Any] = SettingsStore(
+            spec.settings_model or SettingsModel, self.db
+        )
         self.consumers: list[EventConsumer] = []
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,6 +158,15 @@ def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
+def get_caller(request: Request) -> Caller:
+    """The authenticated caller of this request (401 without valid credentials)."""
+    return authenticate(request, get_runtime(request).settings)
+
+
+def get_business_settings(request: Request) -> SettingsStore[Any]:
+    return get_runtime(request).business
+
+
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings(service_name=spec.name)
     if settings.service_name == "tuike":
@@ -186,6 +203,10 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = Non
 
     for router in spec.routers:
         app.include_router(router)
+    if spec.settings_model is not None:
+        app.include_router(
+            settings_router(spec.name, get_business_settings, get_caller, spec.settings_check)
+        )
     return app
 
 

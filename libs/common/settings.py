@@ -37,6 +37,13 @@ class CommonSettings(BaseSettings):
     node_id: int | None = Field(default=None, ge=0, le=1023)
 
     bootstrap_admin_key: str | None = None
+    # Bearer token Tuike services use to call each other directly (not through the gateway).
+    internal_api_key: str | None = None
+
+    user_service_url: str = "http://127.0.0.1:8001"
+    order_service_url: str = "http://127.0.0.1:8002"
+    commission_service_url: str = "http://127.0.0.1:8003"
+    stats_service_url: str = "http://127.0.0.1:8004"
 
     # Off in production: lets the chaos tests ask a process to crash at a named point.
     fault_injection: bool = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
+from libs.common.db.common_tables import COMMON_MIGRATION
 from libs.common.db.migrations import Migration
-from libs.common.diagnostics import COMMON_MIGRATION
 
 MIGRATIONS: list[Migration] = [COMMON_MIGRATION]

@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 
 from deploy.local.stack import free_port, tansu_binary, wait_port
+from libs.common.db.common_tables import COMMON_MIGRATION
 from libs.common.db.engine import Database, Tx
 from libs.common.db.migrations import Migration, MigrationContext, migrate
-from libs.common.diagnostics import COMMON_MIGRATION
 from libs.common.messaging.consumer import EventConsumer, PoisonMessage, Subscription, dead_letters
 from libs.common.messaging.envelope import Envelope, make_event
 from libs.common.messaging.kafka import make_producer

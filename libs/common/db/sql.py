@@ -55,3 +55,32 @@ async def upsert_add(
             ),
             list(rows),
         )
+
+
+async def upsert_replace(
+    conn: AsyncConnection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    key_columns: Sequence[str],
+    replace_columns: Sequence[str],
+) -> None:
+    """Insert rows, or overwrite ``replace_columns`` of the row with the same key."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        sqlite_statement = sqlite_insert(table)
+        await conn.execute(
+            sqlite_statement.on_conflict_do_update(
+                index_elements=list(key_columns),
+                set_={c: sqlite_statement.excluded[c] for c in replace_columns},
+            ),
+            list(rows),
+        )
+    else:
+        mysql_statement = mysql_insert(table)
+        await conn.execute(
+            mysql_statement.on_duplicate_key_update(
+                {c: mysql_statement.inserted[c] for c in replace_columns}
+            ),
+            list(rows),
+        )
