@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: install

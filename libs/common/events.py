@@ -31,7 +31,15 @@ class UserRegistered(EventData):  # user.registered
 class PromoterApproved(EventData):  # promoter.approved
     user_id: Id
     code: str
+    tier: str | None = None
     approved_at: datetime
+
+
+class PromoterStatusChanged(EventData):  # promoter.disabled, promoter.enabled
+    user_id: Id
+    status: str  # approved (enabled again) | disabled
+    tier: str | None = None
+    changed_at: datetime
 
 
 class UserBound(EventData):  # user.bound, user.rebound, user.moved
