@@ -53,6 +53,8 @@ class ServiceSpec:
     # The service's business settings (GET/PUT /api/v1/settings/{name}); None = no settings.
     settings_model: type[SettingsModel] | None = None
     settings_check: ChangeCheck | None = None
+    # Deploy-time settings class: a ServiceSettings subclass may add the service's own fields.
+    settings_class: type[ServiceSettings] = ServiceSettings
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,7 +170,7 @@ def get_business_settings(request: Request) -> SettingsStore[Any]:
 
 
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
-    settings = settings or ServiceSettings(service_name=spec.name)
+    settings = settings or spec.settings_class(service_name=spec.name)
     if settings.service_name == "tuike":
         settings = settings.model_copy(update={"service_name": spec.name})
     configure_logging(spec.name, settings.log_level)
@@ -235,7 +237,7 @@ def main(spec: ServiceSpec, app_factory: str) -> None:
         "command", nargs="?", default="serve", choices=["serve", "migrate", "worker"]
     )
     args = parser.parse_args()
-    settings = ServiceSettings(service_name=spec.name)
+    settings = spec.settings_class(service_name=spec.name)
     configure_logging(spec.name, settings.log_level)
     if args.command == "migrate":
         asyncio.run(_migrate(spec, settings))
