@@ -26,7 +26,7 @@ from libs.common.db.migrations import Migration, migrate
 from libs.common.errors import install_error_handlers
 from libs.common.ids import IdGenerator, NodeLease
 from libs.common.logs import configure_logging
-from libs.common.messaging.consumer import EventConsumer, Subscription
+from libs.common.messaging.consumer import EventConsumer, Subscription, replay_dead_letters
 from libs.common.messaging.envelope import ALL_TOPICS
 from libs.common.messaging.kafka import ensure_topics, make_producer, start_with_retry
 from libs.common.messaging.outbox import OutboxRelay
@@ -221,6 +221,23 @@ async def _migrate(spec: ServiceSpec, settings: ServiceSettings) -> None:
         await db.dispose()
 
 
+async def _replay_dead_letters(spec: ServiceSpec, settings: ServiceSettings) -> int:
+    runtime = Runtime(spec, settings)
+    await start_with_retry(runtime.producer)
+    try:
+        consumers = [
+            EventConsumer(subscription, runtime.db, runtime.producer, settings)
+            for subscription in spec.subscriptions(runtime)
+        ]
+        report = await replay_dead_letters(runtime.db, consumers)
+    finally:
+        await runtime.stop()
+    print(f"replayed {report.replayed} dead letters; {len(report.failed)} failed again")
+    for letter_id, reason in report.failed.items():
+        print(f"  dead letter {letter_id}: {reason}")
+    return 1 if report.failed else 0
+
+
 async def _worker(spec: ServiceSpec, settings: ServiceSettings) -> None:
     runtime = Runtime(spec, settings)
     await runtime.start(serve_workers=True)
@@ -234,13 +251,18 @@ def main(spec: ServiceSpec, app_factory: str) -> None:
     """``python -m services.<name> [serve|migrate|worker]``."""
     parser = argparse.ArgumentParser(prog=f"tuike-{spec.name}")
     parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "migrate", "worker"]
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "migrate", "worker", "replay-dead-letters"],
     )
     args = parser.parse_args()
     settings = spec.settings_class(service_name=spec.name)
     configure_logging(spec.name, settings.log_level)
     if args.command == "migrate":
         asyncio.run(_migrate(spec, settings))
+    elif args.command == "replay-dead-letters":
+        raise SystemExit(asyncio.run(_replay_dead_letters(spec, settings)))
     elif args.command == "worker":
         asyncio.run(_worker(spec, settings))
     else:

@@ -15,7 +15,13 @@ from deploy.local.stack import free_port, tansu_binary, wait_port
 from libs.common.db.common_tables import COMMON_MIGRATION
 from libs.common.db.engine import Database, Tx
 from libs.common.db.migrations import Migration, MigrationContext, migrate
-from libs.common.messaging.consumer import EventConsumer, PoisonMessage, Subscription, dead_letters
+from libs.common.messaging.consumer import (
+    EventConsumer,
+    PoisonMessage,
+    Subscription,
+    dead_letters,
+    replay_dead_letters,
+)
 from libs.common.messaging.envelope import Envelope, make_event
 from libs.common.messaging.kafka import make_producer
 from libs.common.messaging.outbox import OutboxRelay, publish
@@ -37,9 +43,12 @@ async def _effects_schema(ctx: MigrationContext) -> None:
 MIGRATIONS = [COMMON_MIGRATION, Migration(2, "effects", _effects_schema)]
 
 
+FIXED = {"poison": False}  # flipped by the replay test: "the bug was fixed and deployed"
+
+
 async def _apply(tx: Tx, events: Sequence[Envelope]) -> None:
     for event in events:
-        if event.data.get("poison"):
+        if event.data.get("poison") and not FIXED["poison"]:
             raise PoisonMessage("this event can never be applied")
     conn = await tx.main()
     # Not unique on purpose: only the inbox may stop duplicates.
@@ -176,6 +185,17 @@ async def test_poison_messages_go_to_the_dead_letter_table(db: Database, broker:
             )
         assert reasons[bad.id].startswith("poison: this event can never be applied")
         assert reasons[None].startswith("undecodable envelope")
+
+        # After a fix, a replay applies the dead letter once; the undecodable one stays.
+        FIXED["poison"] = True
+        try:
+            report = await replay_dead_letters(db, [harness.consumer])
+            again = await replay_dead_letters(db, [harness.consumer])
+        finally:
+            FIXED["poison"] = False
+        assert report.replayed == 1 and len(report.failed) == 1
+        assert again.replayed == 0 and len(again.failed) == 1
+        assert await _effect_counts(db) == {good_before.id: 1, good_after.id: 1, bad.id: 1}
     finally:
         await harness.close()
 

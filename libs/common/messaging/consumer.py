@@ -280,3 +280,52 @@ class EventConsumer:
             lag_by_topic[tp.topic] = lag_by_topic.get(tp.topic, 0) + max(0, high - position)
         for topic, lag in lag_by_topic.items():
             MESSAGE_QUEUE_SIZE.labels(f"{topic}:{self.name}").set(lag)
+
+
+@dataclass
+class ReplayReport:
+    replayed: int
+    failed: dict[int, str]  # dead letter id -> why it failed again
+
+
+async def replay_dead_letters(
+    db: Database, consumers: Sequence[EventConsumer], limit: int = 10_000
+) -> ReplayReport:
+    """Apply dead letters again through their consumer (after a fix), oldest first.
+
+    The inbox still guards: an event that was applied in the meantime changes nothing. A
+    replayed letter is marked ``replayed_at``; one that fails again stays, with its reason.
+    """
+    by_name = {consumer.name: consumer for consumer in consumers}
+    async with db.read(may_lag=False) as conn:
+        letters = (
+            await conn.execute(
+                select(dead_letters.c.id, dead_letters.c.consumer, dead_letters.c.payload)
+                .where(dead_letters.c.replayed_at.is_(None))
+                .order_by(dead_letters.c.id)
+                .limit(limit)
+            )
+        ).all()
+    replayed = 0
+    failed: dict[int, str] = {}
+    for letter_id, consumer_name, payload in letters:
+        consumer = by_name.get(consumer_name)
+        if consumer is None:
+            failed[letter_id] = f"no consumer named {consumer_name} in this service"
+            continue
+        try:
+            await consumer._apply([Envelope.from_bytes(payload.encode())])
+        except Exception as exc:
+            failed[letter_id] = f"{type(exc).__name__}: {exc}"[:500]
+            continue
+
+        async def mark(tx: Tx, letter_id: int = letter_id) -> None:
+            await (await tx.main()).execute(
+                dead_letters.update()
+                .where(dead_letters.c.id == letter_id)
+                .values(replayed_at=utcnow())
+            )
+
+        await db.run(mark)
+        replayed += 1
+    return ReplayReport(replayed, failed)
