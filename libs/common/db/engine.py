@@ -12,10 +12,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import DateTime, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.compiler import compiles
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -26,6 +27,16 @@ from tenacity import (
 from libs.common.ids import SHARD_COUNT
 
 log = logging.getLogger("tuike.db")
+
+
+@compiles(DateTime, "mysql")
+@compiles(DateTime, "mariadb")
+def _datetime_with_microseconds(type_: DateTime, compiler: Any, **kw: Any) -> str:
+    """MySQL's DATETIME keeps whole seconds unless asked; we order facts (a rule's
+    effective_from against an order's paid_at) below the second, as SQLite does."""
+    return "DATETIME(6)"
+
+
 T = TypeVar("T")
 
 # MySQL/MariaDB: deadlock, lock wait timeout, server gone, lost connection, can't connect.
@@ -148,14 +159,15 @@ class Database:
         self._engines: dict[str, AsyncEngine] = {}
         # Called after a commit that wrote outbox rows (the relay wakes up at once).
         self.outbox_listeners: list[Callable[[], Awaitable[None]]] = []
+        # SQLite read engines issue a deferred BEGIN: readers must not take the write lock.
+        self._readers: dict[str, AsyncEngine] = {}
         self.primary = self.engine_for_url(url)
         self.dialect = self.primary.dialect.name
+        self.primary_reader = self.reader_for_url(url)
         if replica_url:
             self.reader = _make_engine(replica_url, write=False, echo=echo)
-        elif self.dialect == "sqlite":
-            self.reader = _make_engine(url, write=False, echo=echo)
         else:
-            self.reader = self.primary
+            self.reader = self.primary_reader
 
     @property
     def is_sqlite(self) -> bool:
@@ -166,6 +178,16 @@ class Database:
         if engine is None:
             engine = _make_engine(url, write=True, echo=self.echo)
             self._engines[url] = engine
+        return engine
+
+    def reader_for_url(self, url: str) -> AsyncEngine:
+        """The engine for reads of a physical database (its primary, never a replica)."""
+        if make_url(url).get_backend_name() != "sqlite":
+            return self.engine_for_url(url)
+        engine = self._readers.get(url)
+        if engine is None:
+            engine = _make_engine(url, write=False, echo=self.echo)
+            self._readers[url] = engine
         return engine
 
     def shard_url(self, shard: int) -> str:
@@ -218,7 +240,7 @@ class Database:
     async def read(self, *, may_lag: bool = True) -> AsyncIterator[AsyncConnection]:
         """A read-only connection: the replica for reads that may lag (lists, stats), the
         primary for reads that decide money."""
-        engine = self.reader if may_lag else self.primary
+        engine = self.reader if may_lag else self.primary_reader
         async with engine.connect() as conn:
             yield conn
 
@@ -231,17 +253,16 @@ class Database:
             async with self.read(may_lag=may_lag) as conn:
                 yield conn
             return
-        async with self.engine_for_url(url).connect() as conn:
+        async with self.reader_for_url(url).connect() as conn:
             yield conn
 
     async def ping(self) -> None:
         from sqlalchemy import text
 
-        async with self.primary.connect() as conn:
+        async with self.primary_reader.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
-        for engine in self._engines.values():
+        engines = {*self._engines.values(), *self._readers.values(), self.reader}
+        for engine in engines:
             await engine.dispose()
-        if self.reader is not self.primary:
-            await self.reader.dispose()

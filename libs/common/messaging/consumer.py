@@ -138,8 +138,10 @@ class EventConsumer:
         self.name = f"{settings.service_name}.{subscription.name}"
         self.consumer: AIOKafkaConsumer | None = None
 
-    async def _apply(self, events: Sequence[Envelope]) -> int:
-        async def work(tx: Tx) -> int:
+    async def _apply(self, events: Sequence[Envelope]) -> list[Envelope]:
+        """Apply a batch in one transaction; returns the events that were new."""
+
+        async def work(tx: Tx) -> list[Envelope]:
             fresh = await record_new(tx, self.name, events)
             wanted = [
                 e
@@ -148,7 +150,7 @@ class EventConsumer:
             ]
             if wanted:
                 await self.subscription.handler(tx, wanted)
-            return len(fresh)
+            return fresh
 
         return await self.db.run(work)
 
@@ -196,7 +198,7 @@ class EventConsumer:
                 fresh = await self._apply([event])
                 outcome = "applied" if fresh else "duplicate"
                 MESSAGES_CONSUMED.labels(self.name, record.topic, outcome).inc()
-                _crash_point(self.settings, "consumer.after_db_commit", [event] if fresh else [])
+                _crash_point(self.settings, "consumer.after_db_commit", fresh)
                 return
             except PoisonMessage as exc:
                 await self._dead_letter(record, event.id, f"poison: {exc}")
@@ -222,11 +224,13 @@ class EventConsumer:
         if events and len(events) == len(records):
             try:
                 fresh = await self._apply(events)
-                MESSAGES_CONSUMED.labels(self.name, records[0].topic, "applied").inc(fresh)
+                MESSAGES_CONSUMED.labels(self.name, records[0].topic, "applied").inc(len(fresh))
                 MESSAGES_CONSUMED.labels(self.name, records[0].topic, "duplicate").inc(
-                    len(events) - fresh
+                    len(events) - len(fresh)
                 )
-                _crash_point(self.settings, "consumer.after_db_commit", events if fresh else [])
+                # Only a newly applied event may ask for the crash: its redelivery after the
+                # restart is a duplicate and must not kill the process again.
+                _crash_point(self.settings, "consumer.after_db_commit", fresh)
                 return
             except Exception as exc:
                 log.warning("batch of %d failed (%s); handling one by one", len(records), exc)
@@ -246,6 +250,9 @@ class EventConsumer:
             max_poll_records=self.settings.consumer_batch_size,
             session_timeout_ms=10000,
             heartbeat_interval_ms=1000,
+            # A member killed without leaving holds its partitions until its session
+            # expires; a short rebalance timeout bounds how long the others wait for it.
+            rebalance_timeout_ms=10000,
         )
         await start_with_retry(self.consumer)
         try:
