@@ -51,6 +51,8 @@ class UserBound(EventData):  # user.bound, user.rebound, user.moved
     level: int
     bind_source: str
     bound_at: datetime
+    # Ancestors before the change, nearest first (empty for a first bind): whose team shrinks.
+    previous_ancestor_ids: list[Id] = []
 
 
 # -- order.events (key: order id) -----------------------------------------------------------

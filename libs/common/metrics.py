@@ -89,3 +89,51 @@ def install_metrics(app: FastAPI, service: str) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- Settlement, withdrawals and ledger health (dashboard + alert rules in deploy/) -------------
+# Declared here so every process exports them (possibly without samples) and the dashboard and
+# alert rules can rely on the names. The commission service sets them; see docs/operations.md.
+SETTLEMENT_LAG = Gauge(
+    "promoter_settlement_lag_seconds",
+    "Seconds since the oldest still-frozen commission record became due (unfreeze_at <= now); "
+    "0 when nothing due is waiting. Set by the commission service's settlement scheduler on "
+    "each pass (alert: settlement lag past frozen_days).",
+)
+SETTLED_RECORDS = Counter(
+    "promoter_settled_records",
+    "Commission records moved frozen -> settled, by path (scheduled = the commission_settle "
+    "consumer, sync = the scheduler's synchronous fallback, manual = POST /settlements/run). "
+    "Incremented by the commission service after the settling transaction commits.",
+    ["path"],
+)
+SETTLED_AMOUNT = Counter(
+    "promoter_settled_amount",
+    "Commission amount settled, in minor units (fen), by currency. Incremented by the "
+    "commission service together with promoter_settled_records.",
+    ["currency"],
+)
+WITHDRAWALS_PENDING = Gauge(
+    "promoter_withdrawals_pending",
+    "Withdrawals waiting, by status: pending (awaiting audit), approved (awaiting payout), "
+    "failed (payout to retry). Set by the commission service from its database (every replica "
+    "reports the same count: aggregate with max, not sum).",
+    ["status"],
+)
+WITHDRAWALS_PENDING_AMOUNT = Gauge(
+    "promoter_withdrawals_pending_amount",
+    "Gross amount (minor units) of the withdrawals counted by promoter_withdrawals_pending.",
+    ["status"],
+)
+LEDGER_VERIFY_RUNS = Counter(
+    "promoter_ledger_verify_runs",
+    "Ledger verifications run (GET /api/v1/ledger/verify, the reconciliation CronJob), by "
+    "outcome (ok | failed). Incremented by the commission service.",
+    ["outcome"],
+)
+LEDGER_VERIFY_FAILURES = Counter(
+    "promoter_ledger_verify_failures",
+    "Problems found by ledger verification, by kind (e.g. chain_broken, row_missing, "
+    "unbalanced). Incremented by the commission service, one per problem found.",
+    ["kind"],
+)

@@ -19,10 +19,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
+from libs.common.audit import audit_metadata, audit_router
 from libs.common.auth import Caller, authenticate
 from libs.common.business_settings import ChangeCheck, SettingsModel, SettingsStore, settings_router
 from libs.common.db.engine import Database
-from libs.common.db.migrations import Migration, migrate
+from libs.common.db.migrations import Migration, MigrationContext, migrate
 from libs.common.errors import install_error_handlers
 from libs.common.ids import IdGenerator, NodeLease
 from libs.common.logs import configure_logging
@@ -205,6 +206,10 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = Non
 
     for router in spec.routers:
         app.include_router(router)
+    # Admins read this service's audit log (libs/common/audit.py) at /api/v1/audit/{name}.
+    app.include_router(
+        audit_router(spec.name, get_caller, lambda request: get_runtime(request).db.read())
+    )
     if spec.settings_model is not None:
         app.include_router(
             settings_router(spec.name, get_business_settings, get_caller, spec.settings_check)
@@ -216,6 +221,9 @@ async def _migrate(spec: ServiceSpec, settings: ServiceSettings) -> None:
     db = Database(settings.database_url, settings.replica_url, settings.shard_map)
     try:
         applied = await migrate(db, spec.migrations)
+        # The audit log joined the common tables after some databases were created:
+        # make sure it exists (idempotent) so an older var/ keeps working.
+        await MigrationContext(db).create_tables(audit_metadata)
         log.info("migrated %s: applied %s", spec.name, applied or "nothing new")
     finally:
         await db.dispose()

@@ -40,6 +40,15 @@ class CommonSettings(BaseSettings):
     # Bearer token Tuike services use to call each other directly (not through the gateway).
     internal_api_key: str | None = None
 
+    # JWT bearer tokens (libs/common/auth.py): HS256 with a shared secret, or RS256 with a
+    # PEM public key (inline text or a file path) or a JWKS file. exp/nbf/iss/aud are checked.
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_file: str | None = None
+    jwt_issuer: str = "tuike"
+    jwt_audience: str = "tuike-api"
+    jwt_leeway_seconds: int = 30
+
     user_service_url: str = "http://127.0.0.1:8001"
     order_service_url: str = "http://127.0.0.1:8002"
     commission_service_url: str = "http://127.0.0.1:8003"

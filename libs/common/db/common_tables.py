@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table
 
+from libs.common.audit import audit_metadata
 from libs.common.business_settings import business_settings_metadata
 from libs.common.db.global_index import global_index_metadata
 from libs.common.db.migrations import Migration, MigrationContext
@@ -30,6 +31,7 @@ async def _create_common_tables(ctx: MigrationContext) -> None:
         global_index_metadata,
         business_settings_metadata,
         diagnostics_metadata,
+        audit_metadata,
     ):
         await ctx.create_tables(metadata)
 
