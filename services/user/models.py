@@ -1,1 +1,154 @@
-"""Models of the user service."""
+"""Tables of the user service (ARCHITECTURE §4).
+
+User-keyed tables are sharded by the user id's gene (``<name>_{0..15}``): users, promoters,
+the relation tree, team counters and bind history. Move jobs and bulk-import progress live in
+the main database beside the global index (promoter codes, ``(platform, external_id)``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+
+from libs.common.db.sharding import ShardedTable
+
+# Microseconds on MySQL too, so what a response shows equals what a later read returns and
+# guards comparing timestamps see distinct values for changes within one second.
+Moment = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+# The path is ASCII (base-36 ids between commas): about 14 bytes per level, so a
+# 1,000-deep path is ~14 KB. MEDIUMTEXT on MySQL (TEXT stops at 64 KB), an ASCII binary
+# collation so LIKE 'prefix%' compares bytes, and a 255-character prefix index for the
+# subtree scans of moves and rebuilds.
+PathText = Text().with_variant(
+    mysql.MEDIUMTEXT(charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
+)
+
+
+def _user_table(name: str, metadata: MetaData) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("id", BigInteger, primary_key=True, autoincrement=False),
+        Column("platform", String(32), nullable=False),
+        Column("external_id", String(128), nullable=False),
+        Column("nickname", String(64), nullable=True),
+        Column("phone", String(32), nullable=True),
+        Column("device_id", String(128), nullable=True),
+        Column("created_at", Moment, nullable=False),
+    )
+
+
+def _promoter_table(name: str, metadata: MetaData) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+        Column("code", String(16), nullable=False),
+        # pending | approved | rejected | disabled
+        Column("status", String(16), nullable=False),
+        Column("tier", String(32), nullable=True),
+        # Counts status changes, so each disable/enable event has its own deterministic id.
+        Column("status_version", Integer, nullable=False, default=0),
+        Column("applied_at", Moment, nullable=False),
+        Column("approved_at", Moment, nullable=True),
+        Column("updated_at", Moment, nullable=False),
+    )
+
+
+def _relation_table(name: str, metadata: MetaData) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+        Column("parent_id", BigInteger, nullable=False),
+        Column("root_id", BigInteger, nullable=False),
+        Column("level", Integer, nullable=False),
+        Column("path", PathText, nullable=False),
+        Column("bound_at", Moment, nullable=False),
+        Column("bind_source", String(16), nullable=False),
+        Column("expires_at", Moment, nullable=True),
+        Index(f"ix_{name}_parent", "parent_id", "user_id"),
+        Index(f"ix_{name}_path", "path", mysql_length=255),
+    )
+
+
+def _team_table(name: str, metadata: MetaData) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+        Column("level1_count", BigInteger, nullable=False, default=0),
+        Column("level2_count", BigInteger, nullable=False, default=0),
+        Column("level3_count", BigInteger, nullable=False, default=0),
+        Column("team_size", BigInteger, nullable=False, default=0),
+    )
+
+
+def _history_table(name: str, metadata: MetaData) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("id", BigInteger, primary_key=True, autoincrement=False),
+        Column("user_id", BigInteger, nullable=False),
+        Column("parent_id", BigInteger, nullable=False),
+        Column("previous_parent_id", BigInteger, nullable=True),
+        # bind | rebind | move | import
+        Column("kind", String(16), nullable=False),
+        Column("bind_source", String(16), nullable=False),
+        Column("reason", String(255), nullable=True),
+        Column("created_at", Moment, nullable=False),
+        Index(f"ix_{name}_user", "user_id", "id"),
+    )
+
+
+users = ShardedTable("user", _user_table)
+promoters = ShardedTable("promoter", _promoter_table)
+relations = ShardedTable("user_relation", _relation_table)
+team_counts = ShardedTable("team_count", _team_table)
+bind_history = ShardedTable("bind_history", _history_table)
+
+main_metadata = MetaData()
+move_jobs = Table(
+    "move_jobs",
+    main_metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_id", BigInteger, nullable=False),
+    # Every row whose path starts with old_prefix gets new_prefix instead.
+    Column("old_prefix", PathText, nullable=False),
+    Column("new_prefix", PathText, nullable=False),
+    Column("level_delta", Integer, nullable=False),
+    Column("new_root_id", BigInteger, nullable=False),
+    # JSON lists of ids (nearest first): whose whole-team counts lose / gain the subtree.
+    Column("old_ancestor_ids", PathText, nullable=False),
+    Column("new_ancestor_ids", PathText, nullable=False),
+    Column("status", String(16), nullable=False),  # running | done
+    Column("rows_done", BigInteger, nullable=False, default=0),
+    Column("reason", String(255), nullable=True),
+    Column("created_at", Moment, nullable=False),
+    Column("updated_at", Moment, nullable=False),
+    Column("finished_at", Moment, nullable=True),
+    Index("ix_move_jobs_status", "status", "id"),
+)
+bulk_imports = Table(
+    "bulk_imports",
+    main_metadata,
+    Column("source", String(191), primary_key=True),
+    Column("lines_done", BigInteger, nullable=False, default=0),
+    Column("imported", BigInteger, nullable=False, default=0),
+    Column("refused", BigInteger, nullable=False, default=0),
+    Column("status", String(16), nullable=False),
+    Column("updated_at", Moment, nullable=False),
+)
+
+SHARDED = (users, promoters, relations, team_counts, bind_history)

@@ -1,0 +1,168 @@
+"""Reading the relation tree: a user's relation, ancestors from the path, direct children
+(fanned out over the shards), team counts (pre-aggregated, never a subtree scan)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.db.engine import Database
+from libs.common.errors import BadRequest
+from libs.common.ids import shard_of
+from services.user import paths
+from services.user.models import move_jobs, relations, team_counts
+from services.user.users import require_user
+
+RUNNING = "running"
+
+
+async def active_rewrites(main: AsyncConnection) -> list[tuple[str, str]]:
+    """Subtree moves whose job is still rewriting paths, oldest first (normally none)."""
+    rows = await main.execute(
+        select(move_jobs.c.old_prefix, move_jobs.c.new_prefix)
+        .where(move_jobs.c.status == RUNNING)
+        .order_by(move_jobs.c.id)
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
+async def load_relation(conn: AsyncConnection, user_id: int) -> dict[str, Any] | None:
+    table = relations.for_id(user_id)
+    row = (await conn.execute(select(table).where(table.c.user_id == user_id))).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def is_active(relation: dict[str, Any] | None, now: datetime) -> bool:
+    """A binding counts until its ``expires_at`` (None = permanent)."""
+    return relation is not None and (relation["expires_at"] is None or relation["expires_at"] > now)
+
+
+def effective_path(
+    user_id: int, relation: dict[str, Any] | None, rewrites: list[tuple[str, str]]
+) -> str:
+    """The user's path as it is (or will be, once running move jobs are through)."""
+    if relation is None:
+        return paths.root_path(user_id)
+    return paths.rewrite(relation["path"], rewrites)
+
+
+def ancestors_of(path: str, levels: int) -> list[int]:
+    """Ancestor ids nearest first (parent, grandparent, ...), at most ``levels``."""
+    ids = paths.ids_of(path)[:-1]
+    ids.reverse()
+    return ids[:levels]
+
+
+def relation_view(
+    user_id: int, relation: dict[str, Any] | None, path: str, now: datetime
+) -> dict[str, Any]:
+    """The relation as the API shows it; a user bound under nobody is a root of itself."""
+    ids = paths.ids_of(path)
+    return {
+        "user_id": user_id,
+        "parent_id": ids[-2] if len(ids) > 1 else None,
+        "root_id": ids[0],
+        "level": len(ids),
+        "path": paths.decimal_path(path),
+        "bound_at": relation["bound_at"] if relation else None,
+        "bind_source": relation["bind_source"] if relation else None,
+        "expires_at": relation["expires_at"] if relation else None,
+        "active": is_active(relation, now),
+    }
+
+
+async def read_path(db: Database, user_id: int) -> tuple[dict[str, Any] | None, str]:
+    """The user's relation row and effective path: one primary-key read of the shard (plus
+    the list of running move jobs, an indexed read that is normally empty)."""
+    async with db.read(may_lag=True) as main:
+        rewrites = await active_rewrites(main)
+    async with db.read_shard(shard_of(user_id), may_lag=True) as conn:
+        relation = await load_relation(conn, user_id)
+        if relation is None:
+            await require_user(conn, user_id)
+    return relation, effective_path(user_id, relation, rewrites)
+
+
+async def get_relation(db: Database, user_id: int, now: datetime) -> dict[str, Any]:
+    relation, path = await read_path(db, user_id)
+    return relation_view(user_id, relation, path, now)
+
+
+async def get_ancestors(db: Database, user_id: int, levels: int) -> list[dict[str, Any]]:
+    _, path = await read_path(db, user_id)
+    return [
+        {"user_id": ancestor, "level": distance}
+        for distance, ancestor in enumerate(ancestors_of(path, levels), start=1)
+    ]
+
+
+def _parse_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
+        raise BadRequest("malformed cursor", code="request.bad_cursor")
+    return int(cursor)
+
+
+async def get_children(
+    db: Database, user_id: int, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Direct children ordered by user id, ``limit`` per page. Children live in their own
+    shards, so each physical database answers one UNION ALL of its shards' first ``limit``
+    rows after the cursor (concurrently), and the pages merge."""
+    after = _parse_cursor(cursor)
+    async with db.read_shard(shard_of(user_id)) as conn:
+        await require_user(conn, user_id)
+
+    async def from_database(shards: list[int]) -> list[dict[str, Any]]:
+        parts = []
+        for shard in shards:
+            table = relations.for_shard(shard)
+            inner = (
+                select(
+                    table.c.user_id,
+                    table.c.bound_at,
+                    table.c.bind_source,
+                    table.c.level,
+                    table.c.expires_at,
+                )
+                .where(table.c.parent_id == user_id, table.c.user_id > after)
+                .order_by(table.c.user_id)
+                .limit(limit + 1)
+                .subquery()
+            )
+            parts.append(select(*inner.c))
+        async with db.read_shard(shards[0]) as conn:
+            rows = await conn.execute(union_all(*parts))
+            return [dict(row) for row in rows.mappings()]
+
+    groups = list(db.shards_by_url().values())
+    found = [row for rows in await asyncio.gather(*map(from_database, groups)) for row in rows]
+    found.sort(key=lambda row: row["user_id"])
+    page = found[:limit]
+    next_cursor = str(page[-1]["user_id"]) if len(found) > limit else None
+    return page, next_cursor
+
+
+async def get_team(db: Database, user_id: int) -> dict[str, Any]:
+    """Team counts by level (1-3, exact in the bind transaction) and the whole team (applied
+    from user.bound events, so it may trail by the consumer's lag)."""
+    async with db.read_shard(shard_of(user_id)) as conn:
+        table = team_counts.for_id(user_id)
+        row = (
+            (await conn.execute(select(table).where(table.c.user_id == user_id))).mappings().first()
+        )
+        if row is None:
+            await require_user(conn, user_id)
+    counts = dict(row) if row is not None else {}
+    return {
+        "user_id": user_id,
+        "level1_count": int(counts.get("level1_count", 0)),
+        "level2_count": int(counts.get("level2_count", 0)),
+        "level3_count": int(counts.get("level3_count", 0)),
+        "team_size": int(counts.get("team_size", 0)),
+    }

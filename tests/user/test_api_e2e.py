@@ -1,0 +1,216 @@
+"""The user service through the gateway, on the real stack: users, promoters, binding,
+relations, team counts (including the asynchronous whole team), attribution, admin moves."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+
+def _tag() -> str:
+    return secrets.token_hex(4)
+
+
+def _user(api: httpx.Client, **fields: Any) -> str:
+    response = api.post("/api/v1/users", json={"external_id": f"e2e-{_tag()}", **fields})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _promoter(api: httpx.Client) -> tuple[str, str]:
+    user_id = _user(api)
+    response = api.post("/api/v1/promoters", json={"user_id": user_id})
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "approved"
+    return user_id, response.json()["code"]
+
+
+def _bind(api: httpx.Client, user_id: str, code: str) -> httpx.Response:
+    return api.post(
+        "/api/v1/relations/bind", json={"user_id": user_id, "promoter_code": code, "source": "link"}
+    )
+
+
+def _error(response: httpx.Response) -> tuple[int, str]:
+    return response.status_code, response.json()["error"]["code"]
+
+
+def _eventually(check: Any, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def bind_mode(api: httpx.Client) -> Iterator[Any]:
+    """Change the bind mode for one test and put the default back (the stack is shared)."""
+
+    def change(mode: str) -> None:
+        assert api.put("/api/v1/settings/user", json={"bind_mode": mode}).status_code == 200
+
+    yield change
+    change("first")
+
+
+def test_users_are_idempotent_and_phones_masked(api: httpx.Client) -> None:
+    external_id = f"e2e-{_tag()}"
+    body = {"external_id": external_id, "platform": "shop", "phone": "13812341234"}
+    created = api.post("/api/v1/users", json=body)
+    assert created.status_code == 201
+    again = api.post("/api/v1/users", json=body)
+    assert again.status_code == 200 and again.json()["id"] == created.json()["id"]
+    assert isinstance(created.json()["id"], str)
+    fetched = api.get(f"/api/v1/users/{created.json()['id']}").json()
+    assert (fetched["platform"], fetched["external_id"]) == ("shop", external_id)
+    assert _error(api.get("/api/v1/users/123")) == (404, "user.not_found")
+    assert _error(api.get("/api/v1/users/abc")) == (400, "request.bad_id")
+    assert api.post("/api/v1/users", json={"platform": "x"}).status_code == 422
+
+
+def test_promoter_lifecycle_and_code_lookup(api: httpx.Client) -> None:
+    user_id = _user(api)
+    applied = api.post("/api/v1/promoters", json={"user_id": user_id, "apply": True}).json()
+    assert applied["status"] == "pending" and 8 <= len(applied["code"]) <= 12
+    approved = api.post(f"/api/v1/promoters/{user_id}/approve")
+    assert approved.status_code == 200 and approved.json()["status"] == "approved"
+    assert api.post(f"/api/v1/promoters/{user_id}/approve").json()["status"] == "approved"
+    by_code = api.get(f"/api/v1/promoters/by-code/{applied['code']}").json()
+    assert by_code == {**by_code, "user_id": user_id, "code": applied["code"]}
+    assert _error(api.get("/api/v1/promoters/by-code/ZZZZZZZZ")) == (
+        404,
+        "promoter.code_not_found",
+    )
+    assert api.post(f"/api/v1/promoters/{user_id}/disable").json()["status"] == "disabled"
+    assert _error(_bind(api, _user(api), applied["code"])) == (409, "promoter.disabled")
+    assert api.post(f"/api/v1/promoters/{user_id}/enable").json()["status"] == "approved"
+    assert _error(api.post(f"/api/v1/promoters/{user_id}/reject")) == (
+        409,
+        "promoter.invalid_transition",
+    )
+
+
+def test_bind_relation_ancestors_children_and_team(api: httpx.Client) -> None:
+    top, top_code = _promoter(api)
+    mid, mid_code = _promoter(api)
+    assert _bind(api, mid, top_code).status_code == 200
+    buyers = [_user(api) for _ in range(5)]
+    for buyer in buyers:
+        bound = _bind(api, buyer, mid_code)
+        assert bound.status_code == 200, bound.text
+    relation = api.get(f"/api/v1/relations/{buyers[0]}").json()
+    assert relation["parent_id"] == mid and relation["root_id"] == top
+    assert relation["level"] == 3 and relation["path"] == f",{top},{mid},{buyers[0]},"
+    ancestors = api.get(f"/api/v1/relations/{buyers[0]}/ancestors", params={"levels": 5}).json()
+    assert ancestors["items"] == [{"user_id": mid, "level": 1}, {"user_id": top, "level": 2}]
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.get(f"/api/v1/relations/{mid}/children", params=params).json()
+        seen += [item["user_id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen, key=int) == sorted(buyers, key=int)
+
+    team = api.get(f"/api/v1/relations/{top}/team").json()
+    assert (team["level1_count"], team["level2_count"], team["level3_count"]) == (1, 5, 0)
+    _eventually(lambda: api.get(f"/api/v1/relations/{top}/team").json()["team_size"] == 6)
+
+    assert _error(_bind(api, buyers[1], top_code)) == (409, "relation.already_bound")
+    assert _error(_bind(api, top, mid_code)) == (409, "relation.cycle")
+    assert _error(_bind(api, mid, mid_code)) == (409, "relation.self_bind")
+    assert _error(_bind(api, "12", mid_code)) == (404, "user.not_found")
+    assert api.post("/api/v1/relations/bind", json={"user_id": "x1"}).status_code == 422
+    assert _error(api.get(f"/api/v1/relations/{mid}/children?cursor=zz")) == (
+        400,
+        "request.bad_cursor",
+    )
+    history = api.get(f"/api/v1/relations/{buyers[0]}/history").json()["items"]
+    assert [(h["kind"], h["parent_id"], h["bind_source"]) for h in history] == [
+        ("bind", mid, "link")
+    ]
+
+
+def test_attribution_contract(api: httpx.Client, bind_mode: Any) -> None:
+    top, top_code = _promoter(api)
+    low, low_code = _promoter(api)
+    assert _bind(api, low, top_code).status_code == 200
+    buyer = _user(api)
+    body = {"buyer_user_id": buyer, "promoter_code": low_code}
+    first = api.post("/api/v1/relations/attribution", json=body).json()
+    assert first == {
+        "buyer_user_id": buyer,
+        "promoter_id": low,
+        "beneficiaries": [{"level": 1, "user_id": low}, {"level": 2, "user_id": top}],
+        "rebound": False,
+        "bound": True,
+    }
+    other, other_code = _promoter(api)
+    kept = api.post(
+        "/api/v1/relations/attribution",
+        json={"buyer_user_id": buyer, "promoter_code": other_code, "levels": 1},
+    ).json()
+    assert kept["beneficiaries"] == [{"level": 1, "user_id": low}] and not kept["rebound"]
+    bind_mode("override")
+    moved = api.post(
+        "/api/v1/relations/attribution", json={"buyer_user_id": buyer, "promoter_code": other_code}
+    ).json()
+    assert moved["promoter_id"] == other and moved["rebound"] is True
+    assert _error(api.post("/api/v1/relations/attribution", json={"buyer_user_id": "77"})) == (
+        404,
+        "user.not_found",
+    )
+    assert (
+        api.post(
+            "/api/v1/relations/attribution", json={"buyer_user_id": buyer, "levels": 11}
+        ).status_code
+        == 422
+    )
+
+
+def test_admin_move_rewrites_the_subtree_in_the_background(api: httpx.Client) -> None:
+    old_root, old_code = _promoter(api)
+    new_root, _ = _promoter(api)
+    lead, lead_code = _promoter(api)
+    assert _bind(api, lead, old_code).status_code == 200
+    members = [_user(api) for _ in range(3)]
+    for member in members:
+        assert _bind(api, member, lead_code).status_code == 200
+    _eventually(lambda: api.get(f"/api/v1/relations/{old_root}/team").json()["team_size"] == 4)
+
+    refused = api.put(
+        f"/api/v1/relations/{old_root}/parent", json={"parent_id": members[0], "reason": "x"}
+    )
+    assert _error(refused) == (409, "relation.cycle")
+    moved = api.put(
+        f"/api/v1/relations/{lead}/parent", json={"parent_id": new_root, "reason": "region change"}
+    )
+    assert moved.status_code == 200, moved.text
+    job = moved.json()["job"]
+    # A small subtree may already be rewritten by the time the response is written.
+    assert moved.json()["relation"]["parent_id"] == new_root
+    assert job["status"] in ("running", "done")
+    done = _eventually(
+        lambda: api.get(f"/api/v1/relations/moves/{job['id']}").json()["status"] == "done"
+    )
+    assert done
+    assert api.get(f"/api/v1/relations/moves/{job['id']}").json()["rows_done"] == 3
+    relation = api.get(f"/api/v1/relations/{members[0]}").json()
+    assert relation["root_id"] == new_root and relation["level"] == 3
+    _eventually(lambda: api.get(f"/api/v1/relations/{new_root}/team").json()["team_size"] == 4)
+    _eventually(lambda: api.get(f"/api/v1/relations/{old_root}/team").json()["team_size"] == 0)
+    new_team = api.get(f"/api/v1/relations/{new_root}/team").json()
+    assert (new_team["level1_count"], new_team["level2_count"]) == (1, 3)
+    old_team = api.get(f"/api/v1/relations/{old_root}/team").json()
+    assert (old_team["level1_count"], old_team["level2_count"]) == (0, 0)
