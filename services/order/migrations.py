@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from libs.common.db.common_tables import COMMON_MIGRATION
-from libs.common.db.migrations import Migration
+from libs.common.db.migrations import Migration, MigrationContext
+from services.order.models import order_items, orders, refunds
 
-MIGRATIONS: list[Migration] = [COMMON_MIGRATION]
+
+async def _order_tables(ctx: MigrationContext) -> None:
+    for sharded in (orders, order_items, refunds):
+        await ctx.create_sharded(sharded)
+
+
+MIGRATIONS: list[Migration] = [
+    COMMON_MIGRATION,
+    Migration(2, "orders, order items and refunds, sharded by buyer", _order_tables),
+]
