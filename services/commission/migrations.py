@@ -1,8 +1,82 @@
-"""Schema versions of the commission service's database(s)."""
+"""Schema versions of the commission service's database(s), and the monthly tables created
+ahead of need (with the ledger's append-only triggers)."""
 
 from __future__ import annotations
 
-from libs.common.db.common_tables import COMMON_MIGRATION
-from libs.common.db.migrations import Migration
+from datetime import datetime
 
-MIGRATIONS: list[Migration] = [COMMON_MIGRATION]
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.db.common_tables import COMMON_MIGRATION
+from libs.common.db.engine import Database
+from libs.common.db.migrations import Migration, MigrationContext
+from libs.common.db.sharding import add_months, month_key
+from services.commission.models import CommissionTables, accounts, metadata
+from services.commission.withdrawals.migrations import MIGRATIONS as WITHDRAWAL_MIGRATIONS
+
+
+async def _create_commission_tables(ctx: MigrationContext) -> None:
+    await ctx.create_tables(metadata)
+    await ctx.create_sharded(accounts)
+
+
+MIGRATIONS: list[Migration] = [
+    COMMON_MIGRATION,
+    Migration(
+        2,
+        "commission: rules, promoter status, orders, refunds, accounts",
+        _create_commission_tables,
+    ),
+    *WITHDRAWAL_MIGRATIONS,
+]
+
+
+async def _trigger_exists(conn: AsyncConnection, name: str) -> bool:
+    if conn.dialect.name == "sqlite":
+        found = await conn.scalar(
+            text("SELECT count(*) FROM sqlite_master WHERE type='trigger' AND name=:n"), {"n": name}
+        )
+    else:
+        found = await conn.scalar(
+            text(
+                "SELECT count(*) FROM information_schema.triggers "
+                "WHERE trigger_schema = DATABASE() AND trigger_name = :n"
+            ),
+            {"n": name},
+        )
+    return bool(found)
+
+
+async def make_append_only(conn: AsyncConnection, table: str) -> None:
+    """Triggers that refuse UPDATE and DELETE on a ledger table, on SQLite and MySQL/MariaDB."""
+    for operation in ("UPDATE", "DELETE"):
+        name = f"{table}_no_{operation.lower()}"
+        if await _trigger_exists(conn, name):
+            continue
+        message = f"{table} is append-only: {operation} refused"
+        if conn.dialect.name == "sqlite":
+            statement = (
+                f"CREATE TRIGGER {name} BEFORE {operation} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+            )
+        else:
+            statement = (
+                f"CREATE TRIGGER {name} BEFORE {operation} ON {table} FOR EACH ROW "
+                f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{message}'"
+            )
+        await conn.execute(text(statement))
+
+
+async def ensure_monthly_tables(
+    db: Database, tables: CommissionTables, now: datetime, months_ahead: int = 2
+) -> None:
+    """This month's and the next months' record and ledger tables (idempotent); run at start
+    and daily, never on the hot path."""
+    current = month_key(now, tables.zone)
+    for offset in range(months_ahead + 1):
+        month = add_months(current, offset)
+        async with db.primary.begin() as conn:
+            await tables.records.ensure(conn, month)
+            await tables.flows.ensure(conn, month)
+            await make_append_only(conn, tables.flows.for_month(month).name)
