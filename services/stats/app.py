@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from libs.common.diagnostics import diagnostics_router
 from libs.common.runtime import ServiceSpec, create_service_app
 from services.stats.api import router
-from services.stats.consumers import subscriptions
+from services.stats.consumers import subscriptions, tasks
 from services.stats.migrations import MIGRATIONS
 
 SPEC = ServiceSpec(
@@ -15,6 +15,7 @@ SPEC = ServiceSpec(
     migrations=MIGRATIONS,
     routers=[router, diagnostics_router("stats")],
     subscriptions=subscriptions,
+    tasks=tasks,
 )
 
 
