@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 
 ROUTE_TABLE: list[tuple[str, str]] = [
+    # Payee details live where payouts happen (docs/decisions/0700-payee-in-commission.md).
+    (r"^/api/v1/promoters/[^/]+/payee/?$", "commission"),
     (r"^/api/v1/orders/[^/]+/commissions/?$", "commission"),
     (r"^/api/v1/orders(/|$)", "order"),
     (r"^/api/v1/webhooks(/|$)", "order"),
@@ -20,6 +22,7 @@ ROUTE_TABLE: list[tuple[str, str]] = [
     (r"^/api/v1/stats(/|$)", "stats"),
     (r"^/api/v1/settings/(user|order|commission|stats)/?$", r"\1"),
     (r"^/api/v1/diagnostics/(user|order|commission|stats)(/|$)", r"\1"),
+    (r"^/api/v1/audit/(user|order|commission|stats)/?$", r"\1"),
     (r"^/s/", "user"),
 ]
 
