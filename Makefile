@@ -38,3 +38,20 @@ lock: install
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+
+# Load test through the gateway of any deployment (loadtest/locustfile.py), headless and
+# bounded: make load HOST=https://tuike.example.com [USERS=20 SPAWN_RATE=5 DURATION=60s]
+# Prints requests/s, failures and p50/p95/p99 per route; exits 1 if any request failed.
+HOST       ?= http://127.0.0.1:8000
+USERS      ?= 20
+SPAWN_RATE ?= 5
+DURATION   ?= 60s
+LOCUST_VERSION ?= 2.47.0
+
+.PHONY: load
+load: install
+	@test $(USERS) -le 1000 || { echo "USERS must be at most 1000" >&2; exit 2; }
+	@$(PY) -c 'import locust' 2>/dev/null || $(PY) -m pip install --quiet "locust==$(LOCUST_VERSION)"
+	$(VENV)/bin/locust -f loadtest/locustfile.py --headless --host $(HOST) \
+		--users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) \
+		--stop-timeout 10 --only-summary

@@ -91,6 +91,21 @@ class StackConfig:
     redis_key_prefix: str = "tuike:"
     admin_key: str = "dev-admin-key"
     internal_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # HS256 key of JWTs (promoter tokens minted by the gateway; tests sign their own).
+    jwt_secret: str = field(
+        default_factory=lambda: os.environ.get("TUIKE_JWT_SECRET") or secrets.token_urlsafe(32)
+    )
+    # Shared secrets of the platform webhooks (the order service verifies their signatures).
+    shopify_webhook_secret: str = field(
+        default_factory=lambda: (
+            os.environ.get("TUIKE_SHOPIFY_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
+        )
+    )
+    woocommerce_webhook_secret: str = field(
+        default_factory=lambda: (
+            os.environ.get("TUIKE_WOOCOMMERCE_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
+        )
+    )
     fault_injection: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -118,6 +133,10 @@ class StackConfig:
         if self.mysql_url:
             return f"{self.mysql_url.rstrip('/')}/{self.database_prefix}_{service}?charset=utf8mb4"
         return f"sqlite+aiosqlite:///{self.var_dir / f'{service}.db'}"
+
+    def gateway_database_url(self) -> str:
+        """The gateway's own small database (platform API keys, its audit log)."""
+        return self.database_url("gateway")
 
 
 class Stack:
@@ -163,6 +182,9 @@ class Stack:
             "TUIKE_KAFKA_BOOTSTRAP_SERVERS": self.kafka,
             "TUIKE_BOOTSTRAP_ADMIN_KEY": self.config.admin_key,
             "TUIKE_INTERNAL_API_KEY": self.config.internal_key,
+            "TUIKE_JWT_SECRET": self.config.jwt_secret,
+            "TUIKE_SHOPIFY_WEBHOOK_SECRET": self.config.shopify_webhook_secret,
+            "TUIKE_WOOCOMMERCE_WEBHOOK_SECRET": self.config.woocommerce_webhook_secret,
             "TUIKE_FAULT_INJECTION": "true" if self.config.fault_injection else "false",
             "PYTHONUNBUFFERED": "1",
         }
@@ -241,7 +263,7 @@ class Stack:
         engine = create_async_engine(self.config.mysql_url.rstrip("/") + "/")
         try:
             async with engine.begin() as conn:
-                for service in SERVICES:
+                for service in (*SERVICES, "gateway"):
                     await conn.execute(
                         text(
                             "CREATE DATABASE IF NOT EXISTS "
@@ -261,7 +283,7 @@ class Stack:
         engine = create_async_engine(self.config.mysql_url.rstrip("/") + "/")
         try:
             async with engine.begin() as conn:
-                for service in SERVICES:
+                for service in (*SERVICES, "gateway"):
                     await conn.execute(
                         text(f"DROP DATABASE IF EXISTS `{self.config.database_prefix}_{service}`")
                     )
@@ -294,6 +316,7 @@ class Stack:
     def start_gateway(self) -> None:
         env = self._common_env()
         env["TUIKE_PORT"] = str(self.config.gateway_port)
+        env["TUIKE_GATEWAY_DATABASE_URL"] = self.config.gateway_database_url()
         self._spawn("gateway", [sys.executable, "-m", "gateway"], env)
 
     def start(self, timeout: float = 90) -> None:
