@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Insert, Table
@@ -28,6 +28,32 @@ async def insert_ignore(conn: AsyncConnection, table: Table, rows: Sequence[dict
     return int(result.rowcount or 0)
 
 
+async def _upsert(
+    conn: AsyncConnection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    key_columns: Sequence[str],
+    new_value: Callable[[str, Any], Any],
+    columns: Sequence[str],
+) -> None:
+    """Insert rows; on a key collision set each of ``columns`` to
+    ``new_value(column, incoming)``, ``incoming`` being the colliding row's value."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        sqlite_statement = sqlite_insert(table)
+        statement: Any = sqlite_statement.on_conflict_do_update(
+            index_elements=list(key_columns),
+            set_={c: new_value(c, sqlite_statement.excluded[c]) for c in columns},
+        )
+    else:
+        mysql_statement = mysql_insert(table)
+        statement = mysql_statement.on_duplicate_key_update(
+            {c: new_value(c, mysql_statement.inserted[c]) for c in columns}
+        )
+    await conn.execute(statement, list(rows))
+
+
 async def upsert_add(
     conn: AsyncConnection,
     table: Table,
@@ -36,25 +62,9 @@ async def upsert_add(
     add_columns: Sequence[str],
 ) -> None:
     """Insert rows, or add their ``add_columns`` to the row that already has the same key."""
-    if not rows:
-        return
-    if conn.dialect.name == "sqlite":
-        sqlite_statement = sqlite_insert(table)
-        await conn.execute(
-            sqlite_statement.on_conflict_do_update(
-                index_elements=list(key_columns),
-                set_={c: table.c[c] + sqlite_statement.excluded[c] for c in add_columns},
-            ),
-            list(rows),
-        )
-    else:
-        mysql_statement = mysql_insert(table)
-        await conn.execute(
-            mysql_statement.on_duplicate_key_update(
-                {c: table.c[c] + mysql_statement.inserted[c] for c in add_columns}
-            ),
-            list(rows),
-        )
+    await _upsert(
+        conn, table, rows, key_columns, lambda c, incoming: table.c[c] + incoming, add_columns
+    )
 
 
 async def upsert_replace(
@@ -65,22 +75,4 @@ async def upsert_replace(
     replace_columns: Sequence[str],
 ) -> None:
     """Insert rows, or overwrite ``replace_columns`` of the row with the same key."""
-    if not rows:
-        return
-    if conn.dialect.name == "sqlite":
-        sqlite_statement = sqlite_insert(table)
-        await conn.execute(
-            sqlite_statement.on_conflict_do_update(
-                index_elements=list(key_columns),
-                set_={c: sqlite_statement.excluded[c] for c in replace_columns},
-            ),
-            list(rows),
-        )
-    else:
-        mysql_statement = mysql_insert(table)
-        await conn.execute(
-            mysql_statement.on_duplicate_key_update(
-                {c: mysql_statement.inserted[c] for c in replace_columns}
-            ),
-            list(rows),
-        )
+    await _upsert(conn, table, rows, key_columns, lambda _c, incoming: incoming, replace_columns)
