@@ -30,12 +30,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.dialects import mysql
 
 from libs.common.db.sharding import MonthlyTables, ShardedTable
 
 # Microseconds on MySQL too (its plain DATETIME drops them): due times compare exactly.
-Moment = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# Microseconds on MySQL too: libs.common.db.engine compiles every DateTime as DATETIME(6).
+Moment = DateTime
 
 RECORD_STATUSES = ("frozen", "settled", "reversed", "held", "void")
 

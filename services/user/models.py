@@ -24,7 +24,8 @@ from libs.common.db.sharding import ShardedTable
 
 # Microseconds on MySQL too, so what a response shows equals what a later read returns and
 # guards comparing timestamps see distinct values for changes within one second.
-Moment = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# Microseconds on MySQL too: libs.common.db.engine compiles every DateTime as DATETIME(6).
+Moment = DateTime
 
 # The path is ASCII (base-36 ids between commas): about 14 bytes per level, so a
 # 1,000-deep path is ~14 KB. MEDIUMTEXT on MySQL (TEXT stops at 64 KB), an ASCII binary
