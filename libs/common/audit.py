@@ -12,7 +12,7 @@ own for API keys and for every admin/finance write that passes through it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -156,7 +156,7 @@ def _is_json(text: str | None) -> bool:
 
 def audit_router(
     service: str,
-    get_caller: Callable[[Request], Caller],
+    get_caller: Callable[[Request], Awaitable[Caller]],
     read_connection: Callable[[Request], AbstractAsyncContextManager[AsyncConnection]],
 ) -> APIRouter:
     """``GET /api/v1/audit/{service}``: admins read the audit log of this service.

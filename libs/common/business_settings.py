@@ -121,8 +121,8 @@ class SettingsStore(Generic[M]):
 
 def settings_router(
     service: str,
-    store_of: Callable[..., SettingsStore[Any]],
-    caller_of: Callable[..., Caller],
+    store_of: Callable[..., Awaitable[SettingsStore[Any]]],
+    caller_of: Callable[..., Awaitable[Caller]],
     check: ChangeCheck | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix=f"/api/v1/settings/{service}", tags=["settings"])

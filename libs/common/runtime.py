@@ -157,17 +157,26 @@ class Runtime:
         return checks
 
 
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+def runtime_of(request: Request) -> Runtime:
+    """The runtime of the app serving ``request`` (for code that is not a dependency)."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
-def get_caller(request: Request) -> Caller:
+# Dependencies are coroutines on purpose: FastAPI runs a plain ``def`` dependency in a thread
+# pool, two thread hops per request for what is an attribute read and a signature check.
+async def get_runtime(request: Request) -> Runtime:
+    return runtime_of(request)
+
+
+async def get_caller(request: Request) -> Caller:
     """The authenticated caller of this request (401 without valid credentials)."""
-    return authenticate(request, get_runtime(request).settings)
+    return authenticate(request, request.app.state.runtime.settings)
 
 
-def get_business_settings(request: Request) -> SettingsStore[Any]:
-    return get_runtime(request).business
+async def get_business_settings(request: Request) -> SettingsStore[Any]:
+    store: SettingsStore[Any] = request.app.state.runtime.business
+    return store
 
 
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
@@ -208,7 +217,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = Non
         app.include_router(router)
     # Admins read this service's audit log (libs/common/audit.py) at /api/v1/audit/{name}.
     app.include_router(
-        audit_router(spec.name, get_caller, lambda request: get_runtime(request).db.read())
+        audit_router(spec.name, get_caller, lambda request: runtime_of(request).db.read())
     )
     if spec.settings_model is not None:
         app.include_router(

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request, Response
 
 from libs.common.auth import PLATFORM, Caller
-from libs.common.runtime import get_caller, get_runtime
+from libs.common.runtime import get_caller, runtime_of
 from libs.common.schemas import parse_id
 from services.order.records import Order
 from services.order.schemas import (
@@ -30,8 +30,8 @@ webhooks = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 READERS = (PLATFORM, "finance")
 
 
-def get_service(request: Request) -> OrderService:
-    return order_service(get_runtime(request))
+async def get_service(request: Request) -> OrderService:
+    return order_service(runtime_of(request))
 
 
 def _out(order: Order) -> OrderOut:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from libs.common.auth import Caller
-from libs.common.runtime import Runtime, get_caller, get_runtime
+from libs.common.runtime import Runtime, get_caller, runtime_of
 from libs.common.schemas import parse_id
 from services.commission.withdrawals import reports, service
 from services.commission.withdrawals.context import WithdrawalContext, providers_from
@@ -31,12 +31,12 @@ router = APIRouter(prefix="/api/v1", tags=["withdrawals"])
 _CONTEXT_KEY = "withdrawal_context"
 
 
-def withdrawal_context(request: Request) -> WithdrawalContext:
+async def withdrawal_context(request: Request) -> WithdrawalContext:
     """Built once per process from its runtime and the deploy settings."""
     state = request.app.state
     ctx: WithdrawalContext | None = getattr(state, _CONTEXT_KEY, None)
     if ctx is None:
-        runtime: Runtime = get_runtime(request)
+        runtime: Runtime = runtime_of(request)
         deploy = WithdrawalDeploySettings()
         ctx = WithdrawalContext(
             db=runtime.db,
