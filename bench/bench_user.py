@@ -180,6 +180,13 @@ class Seed:
         await _insert(db, per_table)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc): unlike wall-clock rates,
+    CPU per request does not change when other programs load the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _timed(
     count: int, concurrency: int, call: Callable[[int], Awaitable[None]]
 ) -> tuple[float, list[float]]:
@@ -296,7 +303,7 @@ async def _run(database_url: str, workdir: Path) -> None:
             timeout=30,
             limits=httpx.Limits(max_connections=concurrency),
         ) as client:
-            await _measure(client, seed, binds, concurrency, reads)
+            await _measure(client, seed, binds, concurrency, reads, service.pid)
     finally:
         service.terminate()
         service.wait(10)
@@ -308,12 +315,13 @@ async def _run(database_url: str, workdir: Path) -> None:
 
 
 async def _measure(
-    client: httpx.AsyncClient, seed: Seed, binds: int, concurrency: int, reads: int
+    client: httpx.AsyncClient, seed: Seed, binds: int, concurrency: int, reads: int, pid: int
 ) -> None:
     # Warm up the process (imports, pools) with reads.
     for _ in range(20):
         assert (await client.get(f"/api/v1/relations/{seed.tree_root}/team")).status_code == 200
     results: dict[str, tuple[float, list[float]]] = {}
+    cpu: dict[str, float] = {}
     for offset, name in enumerate(("depth1", "depth1000")):
         batch = seed.fresh_users[offset * binds : (offset + 1) * binds]
         code = seed.codes[name]
@@ -325,11 +333,14 @@ async def _measure(
             )
             assert response.status_code == 200, response.text
 
+        cpu_before = _cpu_seconds(pid)
         results[name] = await _timed(binds, concurrency, bind)
+        cpu[name] = (_cpu_seconds(pid) - cpu_before) / binds * 1000
     for name, (elapsed, samples) in results.items():
         print(
             f"bind under a promoter at {name:<9} {binds / elapsed:8.0f} binds/s   "
             + _line("", samples).strip()
+            + f"  service CPU {cpu[name]:.3f} ms/bind"
         )
     ratio = (binds / results["depth1000"][0]) / (binds / results["depth1"][0])
     print(f"bind throughput depth 1000 / depth 1: {ratio:.2f}")

@@ -77,6 +77,8 @@ PERMISSIONS: list[Rule] = [
     # Users and promoters.
     _rule("POST", f"{V1}/users", PL, platform_field="body:platform"),
     _rule("GET", f"{V1}/users/{{user_id}}", P, promoter_self="path:user_id"),
+    # Lookup by phone: the user service scopes a platform to its own users.
+    _rule("GET", f"{V1}/users", PL),
     _rule("POST", f"{V1}/promoters", P, promoter_self="body:user_id"),
     _rule("GET", f"{V1}/promoters/by-code/{{code}}", P),
     _rule("GET", f"{V1}/promoters/{{user_id}}", P, promoter_self="path:user_id"),

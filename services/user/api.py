@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,8 +18,9 @@ from libs.common.runtime import Runtime, get_caller, get_runtime
 from libs.common.schemas import parse_id
 from services.user import moves, promoters, relations, users
 from services.user.attribution import attribute
-from services.user.binding import bind_by_code
+from services.user.bind_batch import BindQueue, BindRequest, Outcome, bind_many
 from services.user.history import get_history
+from services.user.pii import pii_of
 from services.user.schemas import (
     AncestorsOut,
     Attribution,
@@ -36,6 +38,7 @@ from services.user.schemas import (
     RelationOut,
     TeamOut,
     UserOut,
+    UserPage,
 )
 from services.user.settings import UserSettings
 
@@ -85,9 +88,10 @@ async def create_user(
 ) -> UserOut:
     caller.require("platform")
     new = users.NewUser(**body.model_dump())
+    pii = pii_of(runtime)
 
     async def work(tx: Tx) -> tuple[dict[str, Any], bool]:
-        return await users.create_user(tx, runtime.id_generator, new)
+        return await users.create_user(tx, runtime.id_generator, new, pii)
 
     user, created = await _write(runtime, work)
     if not created:
@@ -101,7 +105,25 @@ async def get_user(
 ) -> UserOut:
     uid = parse_id(user_id)
     _self_or_platform(caller, uid)
-    return _user_out(await users.get_user(runtime.db, uid), caller)
+    return _user_out(await users.get_user(runtime.db, uid, pii_of(runtime)), caller)
+
+
+@router.get("/users", response_model=UserPage)
+async def find_users(
+    phone: str = Query(min_length=1, max_length=64),
+    platform: str | None = Query(default=None, max_length=32),
+    runtime: Runtime = Depends(get_runtime),
+    caller: Caller = Depends(get_caller),
+) -> UserPage:
+    """Users by phone (any formatting): a platform sees its own users, an admin any
+    platform's (or the one named)."""
+    caller.require("platform")
+    if not caller.is_admin:
+        if caller.platform is None or platform not in (None, caller.platform):
+            raise Forbidden("a platform may look up only its own users", code="user.other_platform")
+        platform = caller.platform
+    found = await users.find_users_by_phone(runtime.db, pii_of(runtime), phone, platform=platform)
+    return UserPage(items=[_user_out(user, caller) for user in found])
 
 
 # -- promoters --------------------------------------------------------------------------------
@@ -171,24 +193,33 @@ for _action in ("approve", "reject", "disable", "enable"):
 
 
 # -- relations --------------------------------------------------------------------------------
+_bind_queues: weakref.WeakKeyDictionary[Runtime, BindQueue] = weakref.WeakKeyDictionary()
+
+
+def _bind_queue(runtime: Runtime) -> BindQueue:
+    queue = _bind_queues.get(runtime)
+    if queue is None:
+
+        async def run_batch(requests: list[BindRequest]) -> list[Outcome]:
+            async def work(tx: Tx) -> list[Outcome]:
+                settings = await _settings(runtime, tx)
+                return await bind_many(tx, runtime.id_generator, settings, requests)
+
+            return await _write(runtime, work)
+
+        queue = _bind_queues[runtime] = BindQueue(run_batch)
+    return queue
+
+
 @router.post("/relations/bind", response_model=BindOut)
 async def bind(
     body: Bind, runtime: Runtime = Depends(get_runtime), caller: Caller = Depends(get_caller)
 ) -> BindOut:
     _self_or_platform(caller, body.user_id)
-
-    async def work(tx: Tx) -> BindOut:
-        attached = await bind_by_code(
-            tx,
-            runtime.id_generator,
-            await _settings(runtime, tx),
-            body.user_id,
-            body.promoter_code,
-            body.source,
-        )
-        return BindOut(**attached.relation, changed=attached.changed)
-
-    return await _write(runtime, work)
+    attached = await _bind_queue(runtime).bind(
+        BindRequest(body.user_id, body.promoter_code, body.source)
+    )
+    return BindOut(**attached.relation, changed=attached.changed)
 
 
 @router.post("/relations/attribution", response_model=AttributionOut)

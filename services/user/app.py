@@ -13,14 +13,25 @@ from services.user.api import router
 from services.user.consumers import subscriptions
 from services.user.migrations import MIGRATIONS
 from services.user.moves import move_worker
-from services.user.settings import UserSettings
+from services.user.pii import pii_of, pii_worker
+from services.user.settings import UserDeploySettings, UserSettings
 
 
 def tasks(runtime: Runtime) -> Sequence[Task]:
     async def subtree_moves(stop: asyncio.Event) -> None:
         await move_worker(runtime.db, stop)
 
-    return [subtree_moves]
+    async def seal_personal_data(stop: asyncio.Event) -> None:
+        batch = getattr(runtime.settings, "pii_backfill_batch_size", 500)
+        await pii_worker(runtime.db, pii_of(runtime), stop, batch)
+
+    return [subtree_moves, seal_personal_data]
+
+
+async def check_pii_keys(runtime: Runtime) -> None:
+    """Build the personal-data keys at start: a bad key, or missing keys where
+    TUIKE_PII_KEYS_REQUIRED is set, stops the process here rather than on a request."""
+    pii_of(runtime)
 
 
 SPEC = ServiceSpec(
@@ -30,6 +41,8 @@ SPEC = ServiceSpec(
     subscriptions=subscriptions,
     tasks=tasks,
     settings_model=UserSettings,
+    settings_class=UserDeploySettings,
+    on_start=check_pii_keys,
 )
 
 

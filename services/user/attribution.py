@@ -11,7 +11,8 @@ from libs.common.errors import TuikeError
 from libs.common.ids import IdGenerator, shard_of
 from libs.common.messaging.outbox import utcnow
 from services.user import paths
-from services.user.binding import approved_promoter_for_code, bind_by_code
+from services.user.bind_batch import bind_by_code
+from services.user.binding import approved_promoter_for_code
 from services.user.relations import (
     active_rewrites,
     ancestors_of,

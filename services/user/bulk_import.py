@@ -39,15 +39,15 @@ from libs.common.errors import TuikeError
 from libs.common.ids import IdGenerator, NodeLease, shard_of
 from libs.common.messaging.outbox import utcnow
 from libs.common.redis import connect
-from libs.common.settings import ServiceSettings
 from services.user import users
 from services.user.binding import attach
 from services.user.migrations import MIGRATIONS
 from services.user.models import bulk_imports
+from services.user.pii import UserPii, default_pii
 from services.user.promoters import become_promoter
 from services.user.relations import load_relation
 from services.user.schemas import CreateUser
-from services.user.settings import UserSettings
+from services.user.settings import UserDeploySettings, UserSettings
 
 _TRUE = {"1", "true", "yes", "y"}
 
@@ -206,9 +206,12 @@ async def import_file(
     platform: str = "default",
     batch_size: int = 500,
     max_batches: int | None = None,
+    pii: UserPii | None = None,
 ) -> ImportReport:
     """Import (or resume importing) ``path``; ``max_batches`` stops early (for tests of
-    resumption and for operators who want to import in slices)."""
+    resumption and for operators who want to import in slices). Personal fields are stored
+    sealed with ``pii``'s keys (default: those of the environment), as the API stores them."""
+    pii = pii or default_pii()
     report = ImportReport()
     source = _source_key(path)
     progress = await _progress(db, source)
@@ -233,7 +236,7 @@ async def import_file(
                 created = 0
                 settings = UserSettings()
                 for row in chunk:
-                    user, fresh = await users.create_user(tx, ids, users.NewUser(**row.fields))
+                    user, fresh = await users.create_user(tx, ids, users.NewUser(**row.fields), pii)
                     created += int(fresh)
                     if row.promoter:
                         await become_promoter(tx, int(user["id"]), settings, by_admin=True)
@@ -329,7 +332,7 @@ async def _link_one(tx: Tx, ids: IdGenerator, row: Row) -> dict[str, Any] | str 
 
 
 async def _main(args: argparse.Namespace) -> ImportReport:
-    settings = ServiceSettings(service_name="user")
+    settings = UserDeploySettings(service_name="user")
     db = Database(settings.database_url, settings.replica_url, settings.shard_map)
     redis = None
     lease = None
@@ -342,7 +345,12 @@ async def _main(args: argparse.Namespace) -> ImportReport:
             lease = NodeLease(redis, settings.redis_key_prefix)
             ids = IdGenerator(await lease.acquire())
         return await import_file(
-            db, ids, Path(args.file), platform=args.platform, batch_size=args.batch_size
+            db,
+            ids,
+            Path(args.file),
+            platform=args.platform,
+            batch_size=args.batch_size,
+            pii=UserPii.from_settings(settings),
         )
     finally:
         if lease is not None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Index, inspect, text
+from sqlalchemy.engine import Connection
+
 from libs.common.db.common_tables import COMMON_MIGRATION
 from libs.common.db.migrations import Migration, MigrationContext
-from services.user.models import SHARDED, main_metadata
+from services.user.models import SHARDED, main_metadata, users
+from services.user.pii import pii_metadata
 
 
 async def _user_tables(ctx: MigrationContext) -> None:
@@ -13,7 +17,48 @@ async def _user_tables(ctx: MigrationContext) -> None:
         await ctx.create_sharded(sharded)
 
 
+_PII_COLUMNS = ("phone_enc", "nickname_enc", "device_id_enc", "phone_index")
+
+
+async def _pii_at_rest(ctx: MigrationContext) -> None:
+    """Sealed personal data and the phone's blind index on every user shard, and the
+    progress table of the pass that seals the rows written before (services/user/pii.py).
+
+    DDL only, each part skipped if present (a database created after this step already has
+    them): adding nullable columns and an index is quick on MariaDB and SQLite; sealing
+    existing rows needs the keys and may take long, so the service does it in the
+    background, in resumable batches."""
+    await ctx.create_tables(pii_metadata)
+    for url, shards in ctx.db.shards_by_url().items():
+        async with ctx.db.engine_for_url(url).begin() as conn:
+            for shard in shards:
+                table = users.for_shard(shard)
+
+                def present(sync: Connection, name: str = table.name) -> tuple[set[str], set[str]]:
+                    inspector = inspect(sync)
+                    columns = {c["name"] for c in inspector.get_columns(name)}
+                    indexes = {str(i["name"]) for i in inspector.get_indexes(name)}
+                    return columns, indexes
+
+                columns, indexes = await conn.run_sync(present)
+                quote = conn.dialect.identifier_preparer.quote
+                for name in _PII_COLUMNS:
+                    if name not in columns:
+                        kind = table.c[name].type.compile(dialect=conn.dialect)
+                        await conn.execute(
+                            text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {kind}")
+                        )
+                for index in table.indexes:
+                    if index.name not in indexes:
+
+                        def create(sync: Connection, index: Index = index) -> None:
+                            index.create(sync)
+
+                        await conn.run_sync(create)
+
+
 MIGRATIONS: list[Migration] = [
     COMMON_MIGRATION,
     Migration(2, "users, promoters, relation tree, team counts, bind history, jobs", _user_tables),
+    Migration(3, "personal data sealed at rest, phone blind index", _pii_at_rest),
 ]

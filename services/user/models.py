@@ -36,6 +36,19 @@ PathText = Text().with_variant(
 )
 
 
+def _ascii(length: int) -> String:
+    """Sealed values and index digests are ASCII: one byte a character on MySQL too."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
+    )
+
+
+# Personal fields are sealed (libs/common/crypto.py: ``enc1:<key id>:<base64>``, 28 bytes of
+# nonce and tag, base64 grows 4/3): sized for the longest value the API takes in UTF-8.
+PII_FIELDS = ("phone", "nickname", "device_id")
+SEALED_COLUMNS = {"phone": "phone_enc", "nickname": "nickname_enc", "device_id": "device_id_enc"}
+
+
 def _user_table(name: str, metadata: MetaData) -> Table:
     return Table(
         name,
@@ -43,10 +56,18 @@ def _user_table(name: str, metadata: MetaData) -> Table:
         Column("id", BigInteger, primary_key=True, autoincrement=False),
         Column("platform", String(32), nullable=False),
         Column("external_id", String(128), nullable=False),
+        # Legacy plaintext of rows written before migration 3; the background pass of
+        # services/user/pii.py seals them and empties these. New rows leave them NULL.
         Column("nickname", String(64), nullable=True),
         Column("phone", String(32), nullable=True),
         Column("device_id", String(128), nullable=True),
         Column("created_at", Moment, nullable=False),
+        Column("phone_enc", _ascii(128), nullable=True),  # 32 ASCII characters
+        Column("nickname_enc", _ascii(400), nullable=True),  # 64 characters of 4 bytes
+        Column("device_id_enc", _ascii(768), nullable=True),  # 128 characters of 4 bytes
+        # Blind index of the phone (E.164) for lookups: ``<key id>:<16 hex>``.
+        Column("phone_index", _ascii(32), nullable=True),
+        Index(f"ix_{name}_phone_index", "phone_index"),
     )
 
 

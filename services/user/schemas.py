@@ -34,6 +34,10 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
+class UserPage(BaseModel):
+    items: list[UserOut]
+
+
 class CreatePromoter(Body):
     user_id: Id
     # An admin files an application for the user (pending) instead of granting at once.

@@ -15,7 +15,8 @@ from libs.common.db.migrations import migrate
 from libs.common.ids import IdGenerator
 from libs.common.messaging.outbox import outbox
 from services.user import promoters, users
-from services.user.binding import Attached, bind_by_code
+from services.user.bind_batch import bind_by_code
+from services.user.binding import Attached
 from services.user.migrations import MIGRATIONS
 from services.user.moves import move_user, run_move_batch
 from services.user.settings import UserSettings

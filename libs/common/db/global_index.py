@@ -7,6 +7,8 @@ they share a database; where they don't, a retry finds the claim and resolves to
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -44,3 +46,16 @@ async def lookup(conn: AsyncConnection, kind: str, value: str) -> int | None:
     )
     found = row.scalar_one_or_none()
     return int(found) if found is not None else None
+
+
+async def lookup_many(conn: AsyncConnection, kind: str, values: Iterable[str]) -> dict[str, int]:
+    """The owners of many values of one kind in one statement (values not found are absent)."""
+    wanted = sorted(set(values))
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        select(global_index.c.value, global_index.c.entity_id).where(
+            global_index.c.kind == kind, global_index.c.value.in_(wanted)
+        )
+    )
+    return {str(row[0]): int(row[1]) for row in rows}
