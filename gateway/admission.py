@@ -5,8 +5,12 @@ rate (429), and the body is not too large (413). Only then is the request proxie
 
 from __future__ import annotations
 
+import base64
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
+import orjson
 from fastapi import Request
 from redis.asyncio import Redis
 
@@ -15,7 +19,7 @@ from gateway.permissions import ADMIN_ONLY, Rule, match, refusal
 from gateway.ratelimit import Limit, RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.signatures import is_signed, verify_signed
-from libs.common.auth import PLATFORM, SERVICE, Caller, authenticate_token
+from libs.common.auth import PLATFORM, SERVICE, Caller, authenticate_token, looks_like_jwt
 from libs.common.errors import Forbidden, TuikeError, Unauthorized
 
 
@@ -53,6 +57,51 @@ class Admitted:
     body: bytes
 
 
+class CallerCache:
+    """Callers of bearer tokens already verified here (JWTs and the bootstrap admin key),
+    remembered for at most ``seconds`` and never past the token's ``exp``: a client's next
+    call costs a dictionary lookup instead of a signature check. A bounded LRU, so a flood
+    of distinct tokens cannot grow it. API keys are not kept here: their lookup is cached
+    by the key store, which also forgets a key the moment it is revoked."""
+
+    def __init__(self, seconds: float = 5.0, max_size: int = 10_000) -> None:
+        self.seconds = seconds
+        self.max_size = max_size
+        self._entries: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
+
+    def get(self, token: str) -> Caller | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if entry[0] < time.time():
+            del self._entries[token]
+            return None
+        self._entries.move_to_end(token)
+        return entry[1]
+
+    def put(self, token: str, caller: Caller) -> None:
+        until = time.time() + self.seconds
+        if looks_like_jwt(token):
+            expires = _unverified_exp(token)
+            if expires is None:
+                return
+            until = min(until, expires)
+        self._entries[token] = (until, caller)
+        self._entries.move_to_end(token)
+        while len(self._entries) > self.max_size:
+            self._entries.popitem(last=False)
+
+
+def _unverified_exp(token: str) -> float | None:
+    """``exp`` of a JWT whose signature was just verified (so its payload can be read)."""
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def _bearer(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -87,6 +136,7 @@ class Gatekeeper:
         self.keys = keys
         self.redis = redis
         self.limiter = limiter
+        self.callers = CallerCache()
 
     def limit_for(self, caller: Caller | None) -> Limit | None:
         """The bucket of this caller; None = not limited (admins, by default)."""
@@ -115,16 +165,19 @@ class Gatekeeper:
             if key is None:
                 raise Unauthorized("unknown or revoked API key", code="auth.invalid_key")
             return key.caller(), key
-        caller = authenticate_token(token, self.settings)
-        if SERVICE in caller.roles:
-            # The internal key is for services calling each other directly, never from outside.
-            raise Unauthorized("invalid credentials")
+        caller = self.callers.get(token)
+        if caller is None:
+            caller = authenticate_token(token, self.settings)
+            if SERVICE in caller.roles:
+                # The internal key is for services calling each other, never from outside.
+                raise Unauthorized("invalid credentials")
+            self.callers.put(token, caller)
         return caller, None
 
     async def admit(self, request: Request) -> Admitted:
-        path = request.url.path
+        path: str = request.scope["path"]
         rule, params = match(request.method, path)
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        headers = dict(request.headers.items())  # ASGI header names are lower case
         token = _bearer(request)
         signed = is_signed(headers)
         caller: Caller | None = None
@@ -136,7 +189,8 @@ class Gatekeeper:
                 caller, api_key = await self._authenticate(request, token)
         body = await read_body(request, self.settings.max_body_bytes)
         if signed and not rule.public:
-            target = path + (f"?{request.url.query}" if request.url.query else "")
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            target = path + (f"?{query}" if query else "")
             api_key = await verify_signed(
                 keys=self.keys,
                 redis=self.redis,
@@ -146,6 +200,7 @@ class Gatekeeper:
                 target=target,
                 headers=headers,
                 body=body,
+                timeout_seconds=self.settings.redis_timeout_seconds,
             )
             caller = api_key.caller()
         if caller is not None:

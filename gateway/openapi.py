@@ -14,11 +14,11 @@ import asyncio
 import copy
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway.permissions import match
 from gateway.routes import resolve
+from gateway.upstream import UpstreamClient, UpstreamError
 
 ERROR_ENVELOPE: dict[str, Any] = {
     "type": "object",
@@ -143,16 +143,16 @@ def merge(gateway_doc: dict[str, Any], service_docs: dict[str, dict[str, Any]]) 
 
 
 async def fetch_service_docs(
-    client: httpx.AsyncClient, upstreams: dict[str, str]
+    client: UpstreamClient, upstreams: dict[str, str]
 ) -> dict[str, dict[str, Any]]:
     """Each reachable service's document (a service that is down is left out for now)."""
 
     async def one(name: str, base: str) -> tuple[str, dict[str, Any] | None]:
         try:
-            response = await client.get(f"{base}/openapi.json", timeout=3.0)
-            if response.status_code == 200:
-                return name, response.json()
-        except (httpx.HTTPError, ValueError):
+            status, document = await client.get_json(f"{base}/openapi.json", timeout_seconds=3.0)
+            if status == 200 and isinstance(document, dict):
+                return name, document
+        except (UpstreamError, ValueError):
             pass
         return name, None
 

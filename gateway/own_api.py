@@ -8,13 +8,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import jwt
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from gateway.keys import ApiKey, KeyStore
 from gateway.settings import GatewaySettings
+from gateway.upstream import UpstreamClient, UpstreamError
 from libs.common import audit
 from libs.common.auth import PROMOTER, Caller, internal_headers
 from libs.common.db.engine import Database
@@ -84,7 +84,7 @@ def own_router(
     db: Database,
     client: Any,
 ) -> APIRouter:
-    """``client()`` returns the pooled httpx client used to ask the user service."""
+    """``client()`` returns the gateway's pooled upstream client (gateway/upstream.py)."""
     router = APIRouter(prefix="/api/v1")
 
     @router.post("/auth/tokens", status_code=201, response_model=TokenResponse, tags=["auth"])
@@ -151,26 +151,27 @@ def own_router(
 
 
 async def _fetch_user(
-    settings: GatewaySettings, client: httpx.AsyncClient, user_id: int
+    settings: GatewaySettings, client: UpstreamClient, user_id: int
 ) -> dict[str, Any] | None:
     url = f"{settings.user_service_url.rstrip('/')}/api/v1/users/{user_id}"
     try:
-        response = await client.get(url, headers=internal_headers(settings), timeout=5.0)
-    except httpx.HTTPError as exc:
+        status, body = await client.get_json(
+            url, headers=internal_headers(settings), timeout_seconds=5.0
+        )
+    except (UpstreamError, ValueError) as exc:
         raise ServiceUnavailable(
             "the user service is unavailable",
             code="upstream.unavailable",
             details={"service": "user"},
         ) from exc
-    if response.status_code == 404:
+    if status == 404:
         return None
-    if response.status_code != 200:
+    if status != 200:
         raise ServiceUnavailable(
             "the user service could not confirm the user",
             code="upstream.unavailable",
-            details={"service": "user", "status": response.status_code},
+            details={"service": "user", "status": status},
         )
-    body = response.json()
     return body if isinstance(body, dict) else None
 
 

@@ -2,13 +2,14 @@
 
 One Lua script per request: refill the bucket by the time passed (Redis's own clock, so
 gateway replicas with skewed clocks agree), take one token or say how long until one is
-there. A refused request gets 429 with ``Retry-After``. If Redis is down the request passes
-(fail open: a broken limiter must not take the API down) and
-``promoter_redis_failures_total{use="rate_limit"}`` counts it.
+there. A refused request gets 429 with ``Retry-After``. If Redis is down or does not answer
+within ``redis_timeout_seconds`` the request passes (fail open: a broken limiter must not
+take the API down) and ``promoter_redis_failures_total{use="rate_limit"}`` counts it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -58,16 +59,20 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, timeout_seconds: float = 2.0) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.timeout_seconds = timeout_seconds
         self._script = redis.register_script(_TAKE)
 
     async def take(self, identity: str, route: str, limit: Limit) -> Decision:
         key = f"{self.prefix}gateway:rate:{identity}:{route}"
         try:
-            allowed, wait_ms = await self._script(keys=[key], args=[limit.per_second, limit.burst])
-        except RedisError:
+            async with asyncio.timeout(self.timeout_seconds):
+                allowed, wait_ms = await self._script(
+                    keys=[key], args=[limit.per_second, limit.burst]
+                )
+        except (RedisError, TimeoutError):
             REDIS_FAILURES.labels("rate_limit").inc()
             return Decision(True)
         if int(allowed):

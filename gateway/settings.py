@@ -41,6 +41,10 @@ class GatewaySettings(CommonSettings):
     anonymous_rate_limit_burst: int = 20
     rate_limit_admin_exempt: bool = True
 
+    # Bound of each Redis call (rate limit, nonce): past it a rate limit passes (fail open)
+    # and a signed request is refused (replay protection fails closed).
+    redis_timeout_seconds: float = 2.0
+
     # Circuit breaker per upstream: open after this many failures in a row, for this long.
     breaker_failure_threshold: int = 5
     breaker_open_seconds: float = 5.0

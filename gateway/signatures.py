@@ -16,6 +16,7 @@ reached the request is refused (503): replay protection fails closed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -83,6 +84,7 @@ async def verify_signed(
     target: str,
     headers: dict[str, str],
     body: bytes,
+    timeout_seconds: float = 2.0,
 ) -> ApiKey:
     """The key that signed this request; 401 for a bad, stale or replayed signature."""
     key_id = headers.get(KEY_ID_HEADER, "")
@@ -111,13 +113,14 @@ async def verify_signed(
     if not hmac.compare_digest(expected, given.lower()):
         raise Unauthorized("the request signature does not match", code="auth.bad_signature")
     try:
-        fresh = await redis.set(
-            f"{redis_prefix}gateway:nonce:{key.key_id}:{nonce}",
-            b"1",
-            nx=True,
-            ex=2 * window_seconds,
-        )
-    except RedisError as exc:
+        async with asyncio.timeout(timeout_seconds):
+            fresh = await redis.set(
+                f"{redis_prefix}gateway:nonce:{key.key_id}:{nonce}",
+                b"1",
+                nx=True,
+                ex=2 * window_seconds,
+            )
+    except (RedisError, TimeoutError) as exc:
         REDIS_FAILURES.labels("nonce").inc()
         raise ServiceUnavailable(
             "replay protection is unavailable; retry shortly", code="auth.unavailable"
