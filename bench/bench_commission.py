@@ -7,11 +7,14 @@ order.paid (1 item, a 3-level chain) → commissions committed, through the real
 - the seed's way: ancestors by a recursive CTE per order, then a row-by-row INSERT and
   UPDATE per line, one transaction per order;
 - the limit: a bare multi-row INSERT of the same record and ledger rows (no broker, no logic).
-Then settlement of frozen records in batches (commissions/s).
+Then settlement of due frozen records (commissions/s), 500 and 2,000 orders per transaction:
+batched (one guarded UPDATE, one transfer per promoter per batch) against the per-record
+baseline (one transfer per record, the way before docs/decisions/0304).
 
 SQLite always; MariaDB/MySQL too when TUIKE_BENCH_MYSQL_URL (or TUIKE_TEST_MYSQL_URL) is set.
-Sizes: TUIKE_BENCH_ORDERS (default 3000) for the batched paths, a third of it for the
-one-by-one paths. Figures only: nothing passes or fails on time.
+Sizes: TUIKE_BENCH_ORDERS (default 3000) for the batched paths, a sixth of it for the
+one-by-one paths. TUIKE_BENCH_COMMISSION_PARTS=settlement (or accrual) runs only that half.
+Figures only: nothing passes or fails on time.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from libs.common.messaging.envelope import Envelope, make_event
 from libs.common.messaging.kafka import ensure_topics, make_producer
 from libs.common.messaging.outbox import utcnow
 from libs.common.settings import ServiceSettings
+from services.commission.accrual import accrue_paid_orders
 from services.commission.compliance import CommissionSettings, LevelTerms
 from services.commission.consumers import order_handler
 from services.commission.context import CommissionContext
@@ -48,7 +52,12 @@ from services.commission.ledger import run_guarded
 from services.commission.migrations import MIGRATIONS, ensure_monthly_tables
 from services.commission.models import commission_orders, tables_for
 from services.commission.rules import create_rule
-from services.commission.settlement import complete_orders, settle_due_now
+from services.commission.settlement import (
+    SettleResult,
+    complete_orders,
+    settle_due_now,
+    settle_due_now_per_record,
+)
 
 ZONE = "Asia/Shanghai"
 RATES = (1000, 500, 200)  # 3 levels under the `global` profile
@@ -348,20 +357,28 @@ async def _bare_insert(db: Database, ctx: CommissionContext, orders: list[OrderD
     return len(orders) / (time.perf_counter() - started)
 
 
-async def _settlement(db: Database, ctx: CommissionContext, orders: list[OrderData]) -> float:
-    """Commissions/s moving frozen → settled in batches of 500 orders."""
-    completions = [
-        OrderCompleted(order_id=o.order_id, completed_at=datetime.now(UTC)) for o in orders
-    ]
+Settle = Callable[[Tx, CommissionContext, datetime, int], Awaitable[SettleResult]]
 
-    async def complete(tx: Tx) -> None:
-        await complete_orders(tx, ctx, completions)
 
-    await db.run(complete)
+async def _settlement(
+    db: Database, ctx: CommissionContext, orders: list[OrderData], settle: Settle, batch: int
+) -> float:
+    """Commissions/s moving frozen → settled, ``batch`` orders per transaction."""
+    for start in range(0, len(orders), 500):
+        part = orders[start : start + 500]
+
+        async def accrue(tx: Tx, part: list[OrderData] = part) -> None:
+            await accrue_paid_orders(tx, ctx, part)
+            done = [
+                OrderCompleted(order_id=o.order_id, completed_at=datetime.now(UTC)) for o in part
+            ]
+            await complete_orders(tx, ctx, done)
+
+        await run_guarded(db, accrue)
     settled = 0
     started = time.perf_counter()
     while True:
-        result = await run_guarded(db, lambda tx: settle_due_now(tx, ctx, utcnow(), 500))
+        result = await run_guarded(db, lambda tx: settle(tx, ctx, utcnow(), batch))
         settled += result.records
         if result.orders == 0:
             break
@@ -369,7 +386,7 @@ async def _settlement(db: Database, ctx: CommissionContext, orders: list[OrderDa
 
 
 async def _run_backend(
-    label: str, mysql_url: str | None, broker: str, workdir: Path, size: int
+    label: str, mysql_url: str | None, broker: str, workdir: Path, size: int, parts: set[str]
 ) -> None:
     ids = IdGenerator(900 + secrets.randbelow(100))
     chains = Chains(ids)
@@ -386,7 +403,63 @@ async def _run_backend(
             await db.dispose()
             await _drop(mysql_url, name_of_db)
 
+    def settling(
+        settle: Settle, batch: int
+    ) -> Callable[[Database, CommissionContext], Awaitable[float]]:
+        async def run(db: Database, ctx: CommissionContext) -> float:
+            orders = [chains.order(ids, i) for i in range(size)]
+            return await _settlement(db, ctx, orders, settle, batch)
+
+        return run
+
     one_by_one = max(size // 6, 50)
+    if "accrual" in parts:
+        await _accrual(measure, figures, chains, ids, broker, size, one_by_one)
+
+    # Settlement: the batched way (one transfer per promoter per batch) against the way
+    # before batches (one transfer per record), 500 and 2,000 orders per batch; the orders
+    # are made after the rule (an order uses the rules in force when it was paid).
+    # Each the better of two runs, the two ways alternating (the machine is shared).
+    for batch in (500, 2_000) if "settlement" in parts else ():
+        best: dict[str, float] = {}
+        for _ in range(2):
+            for way, settle in (
+                ("batched", settle_due_now),
+                ("per-record baseline", settle_due_now_per_record),
+            ):
+                name = f"settlement {way} ({batch} orders/tx)"
+                await measure(name, settling(settle, batch))
+                best[name] = max(best.get(name, 0.0), figures[name])
+        figures.update(best)
+
+    limit = figures.get("limit: bare multi-row INSERT")
+    print(f"\n{label}: {size} orders batched, {one_by_one} one by one; 1 item x 3 levels each")
+    for name, value in figures.items():
+        if name.startswith("settlement"):
+            unit, note = "commissions/s", ""
+            baseline = figures.get(name.replace("batched", "per-record baseline"))
+            if "batched" in name and baseline:
+                note = f"  ({value / baseline:.1f}x the per-record baseline)"
+        else:
+            unit = "orders/s"
+            note = f"  ({value / limit:.0%} of the bare-insert limit)" if limit else ""
+        print(f"  {name:45s} {value:10.0f} {unit}{note}")
+
+
+Measure = Callable[
+    [str, Callable[[Database, CommissionContext], Awaitable[float]]], Awaitable[None]
+]
+
+
+async def _accrual(
+    measure: Measure,
+    figures: dict[str, float],
+    chains: Chains,
+    ids: IdGenerator,
+    broker: str,
+    size: int,
+    one_by_one: int,
+) -> None:
     batched_orders = [chains.order(ids, i) for i in range(size)]
     single_orders = [chains.order(ids, i) for i in range(one_by_one)]
     seed_orders = [chains.order(ids, i) for i in range(one_by_one)]
@@ -420,38 +493,15 @@ async def _run_backend(
         "limit: bare multi-row INSERT", lambda db, ctx: _bare_insert(db, ctx, batched_orders)
     )
 
-    async def settle_run(db: Database, ctx: CommissionContext) -> float:
-        orders = [chains.order(ids, i) for i in range(size)]
-        handler = order_handler(context_of(ctx))
-        for start in range(0, len(orders), 500):
-            part = orders[start : start + 500]
-
-            async def accrue(tx: Tx, part: list[OrderData] = part) -> None:
-                from services.commission.accrual import accrue_paid_orders
-
-                await accrue_paid_orders(tx, ctx, part)
-
-            await run_guarded(db, accrue)
-        del handler
-        return await _settlement(db, ctx, orders)
-
-    await measure("settlement (commissions/s, 500 orders/tx)", settle_run)
-
-    limit = figures["limit: bare multi-row INSERT"]
-    print(f"\n{label}: {size} orders batched, {one_by_one} one by one; 1 item x 3 levels each")
-    for name, value in figures.items():
-        unit = "commissions/s" if name.startswith("settlement") else "orders/s"
-        share = f"  ({value / limit:.0%} of the bare-insert limit)" if unit == "orders/s" else ""
-        print(f"  {name:45s} {value:10.0f} {unit}{share}")
-
 
 async def _main(broker: str) -> None:
     size = int(os.environ.get("TUIKE_BENCH_ORDERS", "3000"))
     mysql_url = os.environ.get("TUIKE_BENCH_MYSQL_URL") or os.environ.get("TUIKE_TEST_MYSQL_URL")
+    parts = set(os.environ.get("TUIKE_BENCH_COMMISSION_PARTS", "accrual,settlement").split(","))
     with tempfile.TemporaryDirectory() as workdir:
-        await _run_backend("SQLite", None, broker, Path(workdir), size)
+        await _run_backend("SQLite", None, broker, Path(workdir), size, parts)
         if mysql_url:
-            await _run_backend("MariaDB", mysql_url, broker, Path(workdir), size)
+            await _run_backend("MariaDB", mysql_url, broker, Path(workdir), size, parts)
 
 
 def main() -> None:

@@ -21,15 +21,16 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db.engine import Database, Tx
-from libs.common.db.sql import insert_ignore, upsert_replace
+from libs.common.db.sql import upsert_replace
 from libs.common.ids import IdGenerator, shard_of
 from libs.common.messaging.outbox import utcnow
+from services.commission.accounts import lock_accounts
 from services.commission.models import CommissionTables, accounts
 
 T = TypeVar("T")
@@ -143,7 +144,7 @@ async def post_transfers(
     for index, transfer in enumerate(transfers):
         if transfer.promoter_id is not None:
             by_promoter[transfer.promoter_id].append(index)
-    locked = await _lock_accounts(tx, list(by_promoter), transfers[0].currency, now)
+    locked = await lock_accounts(tx, list(by_promoter), transfers[0].currency, now)
 
     rows: list[dict[str, object]] = []
     chain: dict[int, tuple[int, str | None, str | None]] = {}
@@ -229,57 +230,6 @@ def _row(
     }
 
 
-def _by_promoter(rows: Any) -> dict[int, dict[str, object]]:
-    return {int(r._mapping["promoter_id"]): dict(r._mapping) for r in rows}
-
-
-async def _lock_accounts(
-    tx: Tx, promoter_ids: list[int], currency: str, now: datetime
-) -> dict[int, dict[str, object]]:
-    """The balance rows of these promoters, locked for this transaction (created if missing:
-    the insert makes a concurrent creator wait for us, then read our row)."""
-    locked: dict[int, dict[str, object]] = {}
-    by_shard: dict[int, list[int]] = defaultdict(list)
-    for promoter_id in promoter_ids:
-        by_shard[shard_of(promoter_id)].append(promoter_id)
-    for shard, members in by_shard.items():
-        table = accounts.for_shard(shard)
-        conn = await tx.shard(shard)
-        query = select(table).where(table.c.promoter_id.in_(members)).with_for_update()
-        found = {
-            int(r._mapping["promoter_id"]): dict(r._mapping) for r in await conn.execute(query)
-        }
-        missing = [p for p in members if p not in found]
-        if missing:
-            await insert_ignore(
-                conn,
-                table,
-                [
-                    {
-                        "promoter_id": p,
-                        "currency": currency,
-                        "frozen_amount": 0,
-                        "available_amount": 0,
-                        "withdrawing_amount": 0,
-                        "paid_out_amount": 0,
-                        "chain_head": "",
-                        "chain_length": 0,
-                        "updated_at": now,
-                    }
-                    for p in missing
-                ],
-            )
-            query = select(table).where(table.c.promoter_id.in_(missing)).with_for_update()
-            found.update(
-                {
-                    int(r._mapping["promoter_id"]): dict(r._mapping)
-                    for r in await conn.execute(query)
-                }
-            )
-        locked.update(found)
-    return locked
-
-
 async def run_guarded(db: Database, work: Callable[[Tx], Awaitable[T]], attempts: int = 5) -> T:
     """``db.run(work)``, run again when a guarded update lost a race (:class:`StaleWrite`)."""
     for attempt in range(attempts):
@@ -301,6 +251,9 @@ class VerifyReport:
     promoters_checked: int
     broken_chains: list[dict[str, object]]
     balance_mismatches: list[dict[str, object]]
+    # Settlement batches whose transfer to a promoter differs from the records stamped with
+    # the batch (the per-record audit of batched settlement, docs/decisions/0304).
+    settlement_mismatches: list[dict[str, object]]
     ledger_total: int
     platform_balances: dict[str, int]
     checked_at: datetime
@@ -331,14 +284,67 @@ async def _flows(
     return chained, balances, count
 
 
+SETTLE_BATCH_PREFIX = "settle-batch:"
+
+
+async def _settled_by_batch(
+    conn: AsyncConnection, tables: CommissionTables, promoter_ids: Collection[int] | None
+) -> dict[tuple[int, int], int]:
+    """Sum of ``settled_amount`` per (settlement batch, promoter), from the records."""
+    stamped: dict[tuple[int, int], int] = defaultdict(int)
+    for month in await tables.records.existing_months(conn):
+        table = tables.records.for_month(month)
+        query = (
+            select(
+                table.c.settle_batch_id,
+                table.c.beneficiary_id,
+                func.sum(table.c.settled_amount),
+            )
+            .where(table.c.settle_batch_id.is_not(None), table.c.settled_amount > 0)
+            .group_by(table.c.settle_batch_id, table.c.beneficiary_id)
+        )
+        if promoter_ids is not None:
+            query = query.where(table.c.beneficiary_id.in_(list(promoter_ids)))
+        for batch_id, promoter_id, amount in await conn.execute(query):
+            stamped[(int(batch_id), int(promoter_id))] += int(amount)
+    return stamped
+
+
+def _settlement_mismatches(
+    flows: list[dict[str, object]], stamped: dict[tuple[int, int], int]
+) -> list[dict[str, object]]:
+    """Each batch's settle transfer to a promoter must equal the sum of the amounts its
+    records were settled with (``settled_amount`` of the records stamped with the batch);
+    a batch's records with nothing to move have no transfer."""
+    ledger: dict[tuple[int, int], int] = defaultdict(int)
+    for flow in flows:
+        key = str(flow["idempotency_key"])
+        if flow["kind"] == "settle" and key.startswith(SETTLE_BATCH_PREFIX):
+            batch_id = int(key.split(":")[1])
+            ledger[(batch_id, int(flow["promoter_id"]))] += int(flow["amount"])  # type: ignore[call-overload]
+    return [
+        {
+            "batch_id": str(batch_id),
+            "promoter_id": str(promoter_id),
+            "ledger_amount": ledger.get((batch_id, promoter_id), 0),
+            "records_amount": stamped.get((batch_id, promoter_id), 0),
+        }
+        for batch_id, promoter_id in sorted(set(ledger) | set(stamped))
+        if ledger.get((batch_id, promoter_id), 0) != stamped.get((batch_id, promoter_id), 0)
+    ]
+
+
 async def verify(
     db: Database, tables: CommissionTables, promoter_ids: Collection[int] | None = None
 ) -> VerifyReport:
-    """Walk every promoter's chain (links, hashes, no gap, head = the balance row's) and
-    compare every balance row with the sum of its transfers; report what is broken.
+    """Walk every promoter's chain (links, hashes, no gap, head = the balance row's),
+    compare every balance row with the sum of its transfers and every settlement batch's
+    transfers with its records; report what is broken.
     ``promoter_ids`` limits the chain and balance checks to those promoters."""
     async with db.read(may_lag=False) as conn:
         flows, balances, transfer_count = await _flows(conn, tables, promoter_ids)
+        # Same read transaction as the flows: one snapshot on SQLite.
+        stamped = await _settled_by_batch(conn, tables, promoter_ids)
     account_rows: dict[int, dict[str, object]] = {}
     for shards in db.shards_by_url().values():
         async with db.read_shard(shards[0], may_lag=False) as conn:
@@ -429,14 +435,16 @@ async def verify(
                     "entries_amount": amount,
                 }
             )
+    settlements = _settlement_mismatches(flows, stamped)
     platform = {k: v for k, v in sorted(balances.items()) if parse_promoter_account(k) is None}
     total = sum(balances.values())
     return VerifyReport(
-        ok=not broken and not mismatches and total == 0,
+        ok=not broken and not mismatches and not settlements and total == 0,
         transfers_checked=transfer_count,
         promoters_checked=len(set(chains) | set(account_rows)),
         broken_chains=broken,
         balance_mismatches=mismatches,
+        settlement_mismatches=settlements,
         ledger_total=total,
         platform_balances=platform,
         checked_at=datetime.now(UTC),

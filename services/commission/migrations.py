@@ -5,20 +5,57 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import text
+from sqlalchemy import inspect, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db.common_tables import COMMON_MIGRATION
 from libs.common.db.engine import Database
 from libs.common.db.migrations import Migration, MigrationContext
-from libs.common.db.sharding import add_months, month_key
-from services.commission.models import CommissionTables, accounts, metadata
+from libs.common.db.sharding import add_months, month_key, monthly_registry
+from services.commission.models import (
+    CommissionTables,
+    accounts,
+    metadata,
+    settle_batch_metadata,
+)
 from services.commission.withdrawals.migrations import MIGRATIONS as WITHDRAWAL_MIGRATIONS
 
 
 async def _create_commission_tables(ctx: MigrationContext) -> None:
     await ctx.create_tables(metadata)
     await ctx.create_sharded(accounts)
+
+
+# Columns added to commission_record_YYYYMM by migration 3 (settlement batches).
+_SETTLE_BATCH_COLUMNS = (("settle_batch_id", "BIGINT NULL"), ("settled_amount", "BIGINT NULL"))
+
+
+async def add_settle_batch_columns(conn: AsyncConnection, table: str) -> None:
+    """Give a record table made before settlement batches their columns (idempotent)."""
+
+    def existing(sync: Connection) -> set[str]:
+        return {column["name"] for column in inspect(sync).get_columns(table)}
+
+    present = await conn.run_sync(existing)
+    for column, ddl in _SETTLE_BATCH_COLUMNS:
+        if column not in present:
+            await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+
+
+async def _settlement_batches(ctx: MigrationContext) -> None:
+    await ctx.create_tables(settle_batch_metadata)
+    async with ctx.db.primary.begin() as conn:
+        months = [
+            row[0]
+            for row in await conn.execute(
+                select(monthly_registry.c.month).where(
+                    monthly_registry.c.base == "commission_record"
+                )
+            )
+        ]
+        for month in months:
+            await add_settle_batch_columns(conn, f"commission_record_{month}")
 
 
 MIGRATIONS: list[Migration] = [
@@ -28,6 +65,7 @@ MIGRATIONS: list[Migration] = [
         "commission: rules, promoter status, orders, refunds, accounts",
         _create_commission_tables,
     ),
+    Migration(3, "commission: settlement batches", _settlement_batches),
     *WITHDRAWAL_MIGRATIONS,
 ]
 
@@ -78,5 +116,7 @@ async def ensure_monthly_tables(
         month = add_months(current, offset)
         async with db.primary.begin() as conn:
             await tables.records.ensure(conn, month)
+            # A process still on the old code may have made this month's table.
+            await add_settle_batch_columns(conn, tables.records.for_month(month).name)
             await tables.flows.ensure(conn, month)
             await make_append_only(conn, tables.flows.for_month(month).name)

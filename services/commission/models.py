@@ -83,6 +83,20 @@ commission_orders = Table(
     Index("ix_commission_order_due", "settled_at", "unfreeze_at"),
 )
 
+# One row per settlement batch, written in the batch's own transaction (so a batch that
+# rolled back leaves no trace): when it ran and what it moved.
+settle_batch_metadata = MetaData()
+settle_batches = Table(
+    "commission_settle_batch",
+    settle_batch_metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("settled_at", Moment, nullable=False),
+    Column("order_count", Integer, nullable=False),
+    Column("record_count", Integer, nullable=False),
+    Column("promoter_count", Integer, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+)
+
 commission_refunds = Table(
     "commission_refund",
     metadata,
@@ -147,6 +161,11 @@ def _record_table(name: str, md: MetaData) -> Table:
         Column("unfreeze_at", Moment, nullable=True),
         Column("settled_at", Moment, nullable=True),
         Column("updated_at", Moment, nullable=False),
+        # The settlement batch that moved this record frozen → settled, and the amount it
+        # moved then (later clawbacks lower ``amount``, not this): the batch's ledger
+        # transfer per promoter carries the sum of these (docs/decisions/0304).
+        Column("settle_batch_id", BigInteger, nullable=True),
+        Column("settled_amount", BigInteger, nullable=True),
         UniqueConstraint("order_id", "item_id", "level", name=f"uq_{name}_line"),
         Index(f"ix_{name}_beneficiary", "beneficiary_id", "id"),
         CheckConstraint("amount >= 0", name=f"ck_{name}_amount"),

@@ -187,6 +187,8 @@ async def reconcile(
         report.findings.append({"kind": "chain_broken", **broken})
     for mismatch in ledger.balance_mismatches:
         report.findings.append({"kind": "balance_differs", **mismatch})
+    for mismatch in ledger.settlement_mismatches:
+        report.findings.append({"kind": "settlement_differs", **mismatch})
     await _order_findings(db, tables, orders_api, since, until, report, limit)
     await _stats_findings(await daily_commissions(db, tables, since, until), stats_api, report)
     return report

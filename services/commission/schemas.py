@@ -112,6 +112,7 @@ class VerifyOut(BaseModel):
     promoters_checked: int
     broken_chains: list[dict[str, Any]]
     balance_mismatches: list[dict[str, Any]]
+    settlement_mismatches: list[dict[str, Any]] = []
     ledger_total: int
     platform_balances: dict[str, int]
     checked_at: datetime

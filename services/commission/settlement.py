@@ -1,24 +1,27 @@
 """Completion and settlement: ``order.completed`` sets ``unfreeze_at`` = completed_at +
 frozen_days; when due (``unfreeze_at ≤ now``) an order's frozen records move to settled and
-their amounts from the promoter's frozen account to the available one."""
+their amounts from the promoter's frozen account to the available one, a batch of orders at
+a time with one ledger transfer per promoter per batch (docs/decisions/0304)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db.engine import Tx
 from libs.common.db.sql import insert_ignore
-from libs.common.events import CommissionLine, CommissionsChanged, OrderCompleted
+from libs.common.events import CommissionsChanged, OrderCompleted
 from libs.common.messaging.envelope import COMMISSION_EVENTS, make_event
 from libs.common.messaging.outbox import publish, utcnow
 from services.commission.context import CommissionContext, aware, naive_utc
 from services.commission.ledger import StaleWrite, Transfer, post_transfers, promoter_account
-from services.commission.models import commission_orders
+from services.commission.models import commission_orders, settle_batches
 from services.commission.settings import load_settings
 
 # Bounded IN lists: every dialect takes this many parameters comfortably.
@@ -120,23 +123,22 @@ class SettleResult:
     orders: int = 0
     records: int = 0
     amount: int = 0
+    # The batches that moved something (one per transaction of the batched way).
+    batch_ids: list[int] = field(default_factory=list)
 
     def add(self, other: SettleResult) -> None:
         self.orders += other.orders
         self.records += other.records
         self.amount += other.amount
+        self.batch_ids.extend(other.batch_ids)
 
 
-async def settle_orders(
-    tx: Tx, ctx: CommissionContext, order_ids: Sequence[int], now: datetime | None = None
-) -> SettleResult:
-    """Settle the given orders if they are due: frozen records → settled (guarded, so a
-    concurrent refund and this settlement cannot both win), transfers frozen → available.
-    Orders not due, already settled or unknown are skipped, so a redelivery is harmless."""
-    now = now or utcnow()
-    result = SettleResult()
-    conn = await tx.main()
-    due: dict[int, str | None] = {}
+async def _lock_due(
+    conn: AsyncConnection, order_ids: Sequence[int], now: datetime
+) -> dict[int, str]:
+    """The given orders that are due and not settled, locked (MySQL), with their record month
+    (an order without one has no records and is simply marked settled)."""
+    due: dict[int, str] = {}
     for part in chunks(list(dict.fromkeys(order_ids))):
         rows = await conn.execute(
             select(commission_orders.c.order_id, commission_orders.c.record_month)
@@ -148,18 +150,210 @@ async def settle_orders(
             )
             .with_for_update()
         )
-        due.update({int(r[0]): r[1] for r in rows})
-    if not due:
-        return result
-    by_month: dict[str, list[int]] = defaultdict(list)
+        due.update({int(r[0]): r[1] or "" for r in rows})
+    return due
+
+
+async def _mark_settled(conn: AsyncConnection, order_ids: Sequence[int], now: datetime) -> None:
+    for part in chunks(order_ids):
+        await conn.execute(
+            update(commission_orders)
+            .where(commission_orders.c.order_id.in_(part), commission_orders.c.settled_at.is_(None))
+            .values(settled_at=now)
+        )
+
+
+def _by_month(due: dict[int, str]) -> dict[str, list[int]]:
+    months: dict[str, list[int]] = defaultdict(list)
     for order_id, month in due.items():
         if month:
-            by_month[month].append(order_id)
+            months[month].append(order_id)
+    return months
+
+
+def batch_key(batch_id: int, promoter_id: int, currency: str, several: bool) -> str:
+    """``settle-batch:{batch}:{promoter}``; ``:{currency}`` is added only when one promoter
+    has records in several currencies in one batch (a balance row holds one currency, so
+    accrual never makes that today)."""
+    key = f"settle-batch:{batch_id}:{promoter_id}"
+    return f"{key}:{currency}" if several else key
+
+
+async def settle_orders(
+    tx: Tx, ctx: CommissionContext, order_ids: Sequence[int], now: datetime | None = None
+) -> SettleResult:
+    """Settle the given orders if they are due, as one batch (docs/decisions/0304).
+
+    One guarded multi-row UPDATE per month table moves their ``frozen`` records to
+    ``settled`` and stamps them with this transaction's batch id and the amount moved; only
+    the rows stamped with it are read back, so a record a concurrent refund or settlement
+    took first is simply not in the batch. Then one transfer frozen → available per promoter
+    carries the sum of that promoter's records (key ``settle-batch:{batch}:{promoter}``).
+    Orders not due, already settled or unknown are skipped, so a redelivery is harmless."""
+    now = now or utcnow()
+    result = SettleResult()
+    conn = await tx.main()
+    due = await _lock_due(conn, order_ids, now)
+    if not due:
+        return result
+    # A fresh id per attempt: a retried transaction (or one whose commit was in doubt) can
+    # only ever read back rows it moved itself.
+    batch_id = ctx.ids.next_id(0)
+    moved: list[Any] = []
+    for month, month_orders in _by_month(due).items():
+        table = ctx.tables.records.for_month(month)
+        for part in chunks(month_orders):
+            await conn.execute(
+                update(table)
+                .where(table.c.order_id.in_(part), table.c.status == "frozen")
+                .values(
+                    status="settled",
+                    settled_at=now,
+                    updated_at=now,
+                    settle_batch_id=batch_id,
+                    settled_amount=table.c.amount,
+                )
+            )
+            moved.extend(
+                await conn.execute(
+                    select(
+                        table.c.id,
+                        table.c.order_id,
+                        table.c.item_id,
+                        table.c.level,
+                        table.c.beneficiary_id,
+                        table.c.amount,
+                        table.c.currency,
+                    ).where(table.c.order_id.in_(part), table.c.settle_batch_id == batch_id)
+                )
+            )
+    await _mark_settled(conn, list(due), now)
+    result.orders = len(due)
+    result.records = len(moved)
+    if not moved:
+        return result
+
+    sums: dict[tuple[int, str], int] = defaultdict(int)
+    lines: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for record_id, order_id, item_id, level, beneficiary_id, amount, currency in moved:
+        if amount <= 0:
+            continue
+        sums[(beneficiary_id, currency)] += amount
+        lines[order_id].append(
+            {
+                "record_id": record_id,
+                "order_id": order_id,
+                "item_id": item_id,
+                "level": level,
+                "beneficiary_id": beneficiary_id,
+                "amount": amount,
+                "currency": currency,
+            }
+        )
+    currencies: dict[int, int] = defaultdict(int)
+    for promoter_id, _ in sums:
+        currencies[promoter_id] += 1
+    transfers = [
+        Transfer(
+            kind="settle",
+            key=batch_key(batch_id, promoter_id, currency, currencies[promoter_id] > 1),
+            debit=promoter_account(promoter_id, "frozen"),
+            credit=promoter_account(promoter_id, "available"),
+            amount=amount,
+            currency=currency,
+        )
+        for (promoter_id, currency), amount in sorted(sums.items())
+    ]
+    result.amount = sum(sums.values())
+    result.batch_ids.append(batch_id)
+    await conn.execute(
+        settle_batches.insert().values(
+            id=batch_id,
+            settled_at=now,
+            order_count=len(due),
+            record_count=len(moved),
+            promoter_count=len(currencies),
+            amount=result.amount,
+        )
+    )
+    # The batch id is the ledger transaction id: every transfer of the batch shares it.
+    await post_transfers(tx, ctx.ids, ctx.tables, transfers, now, [batch_id] * len(transfers))
+    await _publish_settled(tx, lines, now, batch_id)
+    return result
+
+
+def settled_event_data(
+    order_id: int, lines: Sequence[dict[str, Any]], occurred_at: str
+) -> dict[str, Any]:
+    """``CommissionsChanged.model_dump(mode="json")`` of one order's settled lines, built
+    directly: validating thousands of lines we just read from typed columns cost more than
+    the ledger itself (tests/commission/test_settlement_batches.py checks it stays equal to
+    the pydantic form). ``occurred_at`` is already in the model's JSON form."""
+    return {
+        "order_id": str(order_id),
+        "lines": [
+            {
+                "record_id": str(line["record_id"]),
+                "order_id": str(order_id),
+                "item_id": str(line["item_id"]),
+                "level": int(line["level"]),
+                "beneficiary_id": str(line["beneficiary_id"]),
+                "amount": int(line["amount"]),
+                "currency": str(line["currency"]),
+            }
+            for line in lines
+        ],
+        "occurred_at": occurred_at,
+    }
+
+
+def json_moment(moment: datetime) -> str:
+    """A datetime as the event models write it (pydantic's JSON form)."""
+    stamp: str = CommissionsChanged(order_id=1, lines=[], occurred_at=aware(moment)).model_dump(
+        mode="json"
+    )["occurred_at"]
+    return stamp
+
+
+async def _publish_settled(
+    tx: Tx, lines: dict[int, list[dict[str, Any]]], now: datetime, batch_id: int | None
+) -> None:
+    """``commission.settled`` per order, as before batches (the stats service reads them).
+    Its fact is the settlement of these lines in this batch: a record released from hold
+    settles in a later batch and makes a second, distinct event of the same order."""
+    occurred_at = json_moment(now)
+    events = [
+        make_event(
+            "commission.settled",
+            order_id if batch_id is None else f"{order_id}:{batch_id}",
+            key=order_id,
+            data=settled_event_data(order_id, order_lines, occurred_at),
+            source="commission",
+            occurred_at=aware(now),
+        )
+        for order_id, order_lines in lines.items()
+    ]
+    if events:
+        await publish(tx, COMMISSION_EVENTS, *events)
+
+
+async def settle_orders_per_record(
+    tx: Tx, ctx: CommissionContext, order_ids: Sequence[int], now: datetime | None = None
+) -> SettleResult:
+    """The way before batches, kept as the benchmark's baseline: the records are read and
+    updated, then one transfer per record (key ``settle:{record}``). Records it settles
+    have no batch; ``verify`` accepts both kinds."""
+    now = now or utcnow()
+    result = SettleResult()
+    conn = await tx.main()
+    due = await _lock_due(conn, order_ids, now)
+    if not due:
+        return result
     transfers: list[Transfer] = []
     transaction_ids: list[int] = []
-    lines: dict[int, list[CommissionLine]] = defaultdict(list)
+    lines: dict[int, list[dict[str, Any]]] = defaultdict(list)
     transaction_of: dict[int, int] = {}
-    for month, month_orders in by_month.items():
+    for month, month_orders in _by_month(due).items():
         table = ctx.tables.records.for_month(month)
         for part in chunks(month_orders):
             records = (
@@ -182,7 +376,12 @@ async def settle_orders(
                 updated = await conn.execute(
                     update(table)
                     .where(table.c.id.in_(ids_part), table.c.status == "frozen")
-                    .values(status="settled", settled_at=now, updated_at=now)
+                    .values(
+                        status="settled",
+                        settled_at=now,
+                        updated_at=now,
+                        settled_amount=table.c.amount,
+                    )
                 )
                 if updated.rowcount != len(ids_part):
                     raise StaleWrite("a record changed while it was being settled")
@@ -191,7 +390,6 @@ async def settle_orders(
                 if amount <= 0:
                     continue
                 result.amount += amount
-                transaction_id = transaction_of.setdefault(order_id, ctx.ids.next_id(0))
                 transfers.append(
                     Transfer(
                         kind="settle",
@@ -204,40 +402,22 @@ async def settle_orders(
                         record_id=record_id,
                     )
                 )
-                transaction_ids.append(transaction_id)
+                transaction_ids.append(transaction_of.setdefault(order_id, ctx.ids.next_id(0)))
                 lines[order_id].append(
-                    CommissionLine(
-                        record_id=record_id,
-                        order_id=order_id,
-                        item_id=item_id,
-                        level=level,
-                        beneficiary_id=beneficiary_id,
-                        amount=amount,
-                        currency=currency,
-                    )
+                    {
+                        "record_id": record_id,
+                        "order_id": order_id,
+                        "item_id": item_id,
+                        "level": level,
+                        "beneficiary_id": beneficiary_id,
+                        "amount": amount,
+                        "currency": currency,
+                    }
                 )
-    for part in chunks(list(due)):
-        await conn.execute(
-            update(commission_orders)
-            .where(commission_orders.c.order_id.in_(part), commission_orders.c.settled_at.is_(None))
-            .values(settled_at=now)
-        )
+    await _mark_settled(conn, list(due), now)
     result.orders = len(due)
     await post_transfers(tx, ctx.ids, ctx.tables, transfers, now, transaction_ids)
-    events = [
-        make_event(
-            "commission.settled",
-            order_id,
-            key=order_id,
-            data=CommissionsChanged(
-                order_id=order_id, lines=order_lines, occurred_at=aware(now)
-            ).model_dump(mode="json"),
-            source="commission",
-        )
-        for order_id, order_lines in lines.items()
-    ]
-    if events:
-        await publish(tx, COMMISSION_EVENTS, *events)
+    await _publish_settled(tx, lines, now, None)
     return result
 
 
@@ -247,3 +427,11 @@ async def settle_due_now(
     """One bounded batch of what is due now (the synchronous path and the admin run)."""
     now = now or utcnow()
     return await settle_orders(tx, ctx, await due_orders(tx, now, limit), now)
+
+
+async def settle_due_now_per_record(
+    tx: Tx, ctx: CommissionContext, now: datetime | None = None, limit: int = 500
+) -> SettleResult:
+    """:func:`settle_due_now` the way before batches (the benchmark's baseline)."""
+    now = now or utcnow()
+    return await settle_orders_per_record(tx, ctx, await due_orders(tx, now, limit), now)

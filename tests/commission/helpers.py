@@ -27,7 +27,12 @@ from services.commission.ledger import run_guarded
 from services.commission.records import order_commissions
 from services.commission.refunds import apply_refunds
 from services.commission.rules import Rule, create_rule
-from services.commission.settlement import SettleResult, complete_orders, settle_due_now
+from services.commission.settlement import (
+    SettleResult,
+    complete_orders,
+    settle_due_now,
+    settle_due_now_per_record,
+)
 
 T = TypeVar("T")
 _counter = itertools.count(1)
@@ -145,9 +150,13 @@ class Commission:
         )
         return await self.run(lambda tx: complete_orders(tx, self.ctx, [done]))
 
-    async def settle(self, now: datetime | None = None) -> SettleResult:
+    async def settle(
+        self, now: datetime | None = None, limit: int = 500, per_record: bool = False
+    ) -> SettleResult:
+        """One batch of what is due at ``now``; ``per_record``: the way before batches."""
         when = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
-        return await self.run(lambda tx: settle_due_now(tx, self.ctx, when))
+        settle = settle_due_now_per_record if per_record else settle_due_now
+        return await self.run(lambda tx: settle(tx, self.ctx, when, limit))
 
     async def records(self, order: OrderData) -> list[dict[str, Any]]:
         return await order_commissions(self.db, self.ctx.tables, order.order_id)

@@ -1,5 +1,6 @@
 """Hypothesis stateful test: random sequences of pay / duplicate delivery / partial refund /
-complete / settle / crash-and-redeliver. After every step the ledger sums to zero, every
+complete / settle (batched, two batches at once, or per record as before batches) /
+crash-and-redeliver. After every step the ledger sums to zero, every
 balance equals its entries, no line exceeds its cap or its paid base, and every line equals
 the rule applied to what its item still has paid."""
 
@@ -167,6 +168,21 @@ def test_ledger_invariants_hold_for_random_histories(
         @rule()
         def settle(self) -> None:
             run(commission.settle(datetime.now(UTC) + timedelta(seconds=1)))
+
+        @rule(limit=st.integers(1, 3))
+        def settle_twice_at_once(self, limit: int) -> None:
+            """The scheduler's batch and an admin run at the same moment."""
+            when = datetime.now(UTC) + timedelta(seconds=1)
+
+            async def both() -> None:
+                await asyncio.gather(commission.settle(when, limit), commission.settle(when, limit))
+
+            run(both())
+
+        @rule()
+        def settle_the_old_way(self) -> None:
+            """Per-record transfers (a ledger written before batches) mix with batches."""
+            run(commission.settle(datetime.now(UTC) + timedelta(seconds=1), per_record=True))
 
         @rule(order_id=orders, data=st.data())
         def crash_then_redeliver(self, order_id: int, data: st.DataObject) -> None:
