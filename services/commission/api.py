@@ -12,7 +12,7 @@ from libs.common.runtime import Runtime, get_caller, get_runtime
 from libs.common.schemas import parse_id
 from services.commission import records, service
 from services.commission.accounts import account_balances
-from services.commission.context import CommissionContext
+from services.commission.context import CommissionContext, CommissionServiceSettings
 from services.commission.models import tables_for
 from services.commission.schemas import (
     AccountOut,
@@ -155,7 +155,10 @@ async def run_settlement(
     caller: Caller = Depends(get_caller),
 ) -> dict[str, Any]:
     caller.require()
-    result = await service.run_settlement(runtime.db, ctx, caller)
+    settings = runtime.settings
+    assert isinstance(settings, CommissionServiceSettings)
+    batch_size = settings.settle_batch_size
+    result = await service.run_settlement(runtime.db, ctx, caller, batch_size=batch_size)
     return {
         "orders_settled": result.orders,
         "records_settled": result.records,

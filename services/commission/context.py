@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pydantic import Field
+
 from libs.common.ids import IdGenerator
 from libs.common.settings import ServiceSettings
 from services.commission.models import CommissionTables
@@ -30,8 +32,10 @@ def aware(moment: datetime) -> datetime:
 class CommissionServiceSettings(ServiceSettings):
     """Deploy-time settings of the commission service (env ``TUIKE_…``)."""
 
-    # How often the settlement leader looks for due orders, and how many per batch.
+    # How often the settlement leader looks for due orders, and how many orders per batch (a
+    # batch is one transaction with one ledger transfer per promoter: 2,000 orders settle
+    # twice as fast per record as 500, for a write held ~0.2 s; decision 0304).
     settle_interval_seconds: float = 2.0
-    settle_batch_size: int = 500
+    settle_batch_size: int = Field(default=2000, ge=1, le=20_000)
     # An order handed to commission_settle but still unsettled after this is handed again.
     settle_requeue_seconds: float = 60.0
