@@ -6,7 +6,8 @@ the team size of the tree's root; and the same ancestor lookup done the seed's w
 recursive CTE per query) measured in the same run as the baseline.
 
 Environment: BENCH_USER_TREE_SIZE, BENCH_USER_CHAIN_DEPTH (1000), BENCH_USER_BINDS (2000 per
-depth), BENCH_USER_CONCURRENCY (16), BENCH_USER_READS (500), BENCH_USER_MYSQL_URL (a MySQL /
+depth and concurrency), BENCH_USER_CONCURRENCY (callers in flight in the bind runs, "4,32"),
+BENCH_USER_READS (500), BENCH_USER_MYSQL_URL (a MySQL /
 MariaDB server URL: the run uses a fresh database there instead of SQLite).
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -42,6 +43,11 @@ from services.user.relations import read_path
 
 def _env(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+# Concurrent clients of the bind runs: few for latency (Little's law: at 2,000 binds/s,
+# 16 callers in flight wait 8 ms on average whatever the server does), more for throughput.
+CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_USER_CONCURRENCY", "4,32").split(",")]
 
 
 def _pct(samples: list[float], pct: float) -> float:
@@ -234,16 +240,16 @@ async def _run(database_url: str, workdir: Path) -> None:
     size = _env("BENCH_USER_TREE_SIZE", 200_000)
     depth = _env("BENCH_USER_CHAIN_DEPTH", 1000)
     binds = _env("BENCH_USER_BINDS", 2000)
-    concurrency = _env("BENCH_USER_CONCURRENCY", 16)
     reads = _env("BENCH_USER_READS", 500)
     db = Database(database_url)
     await migrate(db, MIGRATIONS)
-    seed = Seed(size, depth, 2 * binds)
+    seed = Seed(size, depth, 2 * len(CONCURRENCIES) * binds)
     started = time.perf_counter()
     await seed.load(db)
     print(
-        f"seeded {size:,} users (random tree) + a {depth}-deep chain + {2 * binds:,} unbound "
-        f"users in {time.perf_counter() - started:.1f}s on {db.dialect}",
+        f"seeded {size:,} users (random tree) + a {depth}-deep chain + "
+        f"{len(seed.fresh_users):,} unbound users in {time.perf_counter() - started:.1f}s "
+        f"on {db.dialect}",
         flush=True,
     )
 
@@ -297,13 +303,8 @@ async def _run(database_url: str, workdir: Path) -> None:
     try:
         wait_port("127.0.0.1", broker_port, 20, broker)
         wait_port("127.0.0.1", port, 60, service)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {admin_key}"},
-            timeout=30,
-            limits=httpx.Limits(max_connections=concurrency),
-        ) as client:
-            await _measure(client, seed, binds, concurrency, reads, service.pid)
+        async with _Client(f"http://127.0.0.1:{port}", admin_key, max(CONCURRENCIES)) as client:
+            await _measure(client, seed, binds, reads, service.pid)
     finally:
         service.terminate()
         service.wait(10)
@@ -314,62 +315,88 @@ async def _run(database_url: str, workdir: Path) -> None:
     print(f"recursive CTE / path read at p50: {_pct(cte, 50) / _pct(ours, 50):.1f}x")
 
 
-async def _measure(
-    client: httpx.AsyncClient, seed: Seed, binds: int, concurrency: int, reads: int, pid: int
-) -> None:
+class _Client:
+    """A keep-alive aiohttp client: the bench must not spend more CPU per request than the
+    service it measures (httpx costs several times as much)."""
+
+    def __init__(self, base_url: str, admin_key: str, connections: int) -> None:
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {admin_key}"}
+        self.connections = connections
+
+    async def __aenter__(self) -> _Client:
+        connector = aiohttp.TCPConnector(limit=self.connections)
+        self.session = aiohttp.ClientSession(
+            self.base_url, headers=self.headers, connector=connector
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def get(self, path: str, **params: Any) -> tuple[int, Any]:
+        async with self.session.get(path, params=params) as response:
+            return response.status, await response.json()
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        async with self.session.post(path, json=body) as response:
+            return response.status, await response.json()
+
+
+async def _measure(client: _Client, seed: Seed, binds: int, reads: int, pid: int) -> None:
     # Warm up the process (imports, pools) with reads.
     for _ in range(20):
-        assert (await client.get(f"/api/v1/relations/{seed.tree_root}/team")).status_code == 200
-    results: dict[str, tuple[float, list[float]]] = {}
-    cpu: dict[str, float] = {}
-    for offset, name in enumerate(("depth1", "depth1000")):
-        batch = seed.fresh_users[offset * binds : (offset + 1) * binds]
-        code = seed.codes[name]
+        status, _ = await client.get(f"/api/v1/relations/{seed.tree_root}/team")
+        assert status == 200
+    fresh = iter(seed.fresh_users)
+    deep_child = 0  # a user bound under the chain tip: depth 1001
+    ratios = []
+    for concurrency in CONCURRENCIES:
+        rates = {}
+        for name in ("depth1", "depth1000"):
+            batch = [next(fresh) for _ in range(binds)]
+            deep_child = deep_child or (batch[0] if name == "depth1000" else 0)
+            code = seed.codes[name]
 
-        async def bind(index: int, batch: list[int] = batch, code: str = code) -> None:
-            response = await client.post(
-                "/api/v1/relations/bind",
-                json={"user_id": str(batch[index]), "promoter_code": code, "source": "link"},
+            async def bind(index: int, batch: list[int] = batch, code: str = code) -> None:
+                body = {"user_id": str(batch[index]), "promoter_code": code, "source": "link"}
+                status, answer = await client.post("/api/v1/relations/bind", body)
+                assert status == 200, answer
+
+            cpu_before = _cpu_seconds(pid)
+            elapsed, samples = await _timed(binds, concurrency, bind)
+            cpu = (_cpu_seconds(pid) - cpu_before) / binds * 1000
+            rates[name] = binds / elapsed
+            print(
+                f"bind at {name:<9} x{concurrency:<3} {binds / elapsed:7.0f} binds/s  "
+                + _line("", samples).strip()
+                + f"  service CPU {cpu:.3f} ms/bind",
+                flush=True,
             )
-            assert response.status_code == 200, response.text
-
-        cpu_before = _cpu_seconds(pid)
-        results[name] = await _timed(binds, concurrency, bind)
-        cpu[name] = (_cpu_seconds(pid) - cpu_before) / binds * 1000
-    for name, (elapsed, samples) in results.items():
-        print(
-            f"bind under a promoter at {name:<9} {binds / elapsed:8.0f} binds/s   "
-            + _line("", samples).strip()
-            + f"  service CPU {cpu[name]:.3f} ms/bind"
-        )
-    ratio = (binds / results["depth1000"][0]) / (binds / results["depth1"][0])
-    print(f"bind throughput depth 1000 / depth 1: {ratio:.2f}")
-
-    deep_child = seed.fresh_users[binds]  # bound under the chain tip: depth 1001
+        ratios.append(f"x{concurrency}: {rates['depth1000'] / rates['depth1']:.2f}")
+    print("bind throughput depth 1000 / depth 1: " + ", ".join(ratios))
 
     async def ancestors(_: int) -> None:
-        response = await client.get(
-            f"/api/v1/relations/{deep_child}/ancestors", params={"levels": 1000}
-        )
-        assert len(response.json()["items"]) == 1000
+        status, answer = await client.get(f"/api/v1/relations/{deep_child}/ancestors", levels=1000)
+        assert status == 200 and len(answer["items"]) == 1000
 
     async def children(_: int) -> None:
-        response = await client.get(
-            f"/api/v1/relations/{seed.busy_parent}/children", params={"limit": 50}
-        )
-        assert response.status_code == 200
+        status, _ = await client.get(f"/api/v1/relations/{seed.busy_parent}/children", limit=50)
+        assert status == 200
 
     async def team(_: int) -> None:
-        response = await client.get(f"/api/v1/relations/{seed.tree_root}/team")
-        assert response.json()["team_size"] >= seed.size - 1
+        status, answer = await client.get(f"/api/v1/relations/{seed.tree_root}/team")
+        assert status == 200 and answer["team_size"] >= seed.size - 1
 
     for label, call in (
         ("GET ancestors?levels=1000 at depth 1001 (HTTP)", ancestors),
         ("GET children page of 50, busiest parent (HTTP)", children),
         ("GET team of the tree's root (HTTP)", team),
     ):
+        cpu_before = _cpu_seconds(pid)
         _, samples = await _timed(reads, 1, call)
-        print(_line(label, samples))
+        cpu = (_cpu_seconds(pid) - cpu_before) / reads * 1000
+        print(_line(label, samples) + f"  service CPU {cpu:.3f} ms/request")
 
 
 async def _mysql_database(server_url: str) -> tuple[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -189,9 +190,14 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start(serve_workers=settings.run_workers)
+        # What is alive after start (modules, app, pools) lives as long as the process: out of
+        # the collector's sight, a full collection under load takes ~1 ms instead of ~70.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # an app stopped inside a longer-lived process (tests) is garbage
             await runtime.stop()
 
     app = FastAPI(title=f"Tuike {spec.name} service", lifespan=lifespan, version="1")
