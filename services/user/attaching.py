@@ -22,7 +22,6 @@ from libs.common.db.engine import Tx
 from libs.common.db.sharding import ShardedTable
 from libs.common.db.sql import insert_ignore, upsert_add
 from libs.common.errors import Conflict
-from libs.common.events import UserBound
 from libs.common.ids import IdGenerator, shard_of
 from libs.common.messaging.envelope import USER_EVENTS, Envelope, make_event
 from libs.common.messaging.outbox import publish
@@ -93,12 +92,11 @@ def plan_attach(
             details={"user_id": str(user_id), "parent_id": str(parent_id)},
         )
     new_path = paths.child_path(parent_path, user_id)
-    new_ids = paths.ids_of(new_path)
     row = {
         "user_id": user_id,
         "parent_id": parent_id,
-        "root_id": new_ids[0],
-        "level": len(new_ids),
+        "root_id": paths.first_id(new_path),
+        "level": paths.depth_of(new_path),
         "path": new_path,
         "bound_at": now,
         "bind_source": source,
@@ -239,8 +237,8 @@ async def apply_plans(
 
     totals: dict[int, dict[str, int]] = {}
     for plan in plans:
-        _level_deltas(totals, ancestors_of(plan.old_path, len(plan.old_path)), plan.subtree, -1)
-        _level_deltas(totals, ancestors_of(plan.new_path, len(plan.new_path)), plan.subtree, +1)
+        _level_deltas(totals, ancestors_of(plan.old_path, 3), plan.subtree, -1)
+        _level_deltas(totals, ancestors_of(plan.new_path, 3), plan.subtree, +1)
     counts = _group(
         (team_counts.for_id(ancestor), {"user_id": ancestor, **delta, "team_size": 0})
         for ancestor, delta in sorted(totals.items())
@@ -294,27 +292,37 @@ async def _start_move_job(tx: Tx, ids: IdGenerator, plan: Plan, now: datetime) -
     return job_id
 
 
-def _event(plan: Plan, history_id: int, now: datetime) -> Envelope:
+def _ancestor_strings(path: str) -> list[str]:
+    """Ancestor ids nearest first, as the decimal strings events carry (no int round trip:
+    a 1,000-deep path would cost a thousand conversions per bind)."""
+    return paths.decimal_path(path).strip(",").split(",")[-2::-1]
+
+
+def event_data(plan: Plan, now: datetime) -> dict[str, Any]:
+    """The ``UserBound`` data of a change, JSON-ready: built by hand because validating and
+    serialising a thousand ancestor ids per bind through pydantic costs more than the rest of
+    the bind (``tests/user/test_bind_batches.py`` checks it equals the pydantic form)."""
     current = plan.current
-    data = UserBound(
-        user_id=plan.user_id,
-        parent_id=plan.parent_id,
-        previous_parent_id=current["parent_id"] if current else None,
-        ancestor_ids=ancestors_of(plan.new_path, len(plan.new_path)),
-        level=plan.row["level"],
-        bind_source=plan.row["bind_source"],
-        bound_at=now,
+    return {
+        "user_id": str(plan.user_id),
+        "parent_id": str(plan.parent_id),
+        "previous_parent_id": str(current["parent_id"]) if current else None,
+        "ancestor_ids": _ancestor_strings(plan.new_path),
+        "level": plan.row["level"],
+        "bind_source": plan.row["bind_source"],
+        "bound_at": now.isoformat(),
         # Whole-team counts follow stored paths: a running move job counts the rows it
         # rewrites, so a row that changes before the job reaches it leaves the ancestors of
         # its stored path (docs/decisions/0103-team-counts.md).
-        previous_ancestor_ids=ancestors_of(current["path"], len(current["path"]))
-        if current
-        else [],
-    )
+        "previous_ancestor_ids": _ancestor_strings(current["path"]) if current else [],
+    }
+
+
+def _event(plan: Plan, history_id: int, now: datetime) -> Envelope:
     return make_event(
         plan.event_type,
         history_id,
         key=plan.user_id,
-        data=data.model_dump(mode="json"),
+        data=event_data(plan, now),
         source="user",
     )

@@ -6,6 +6,8 @@ of 20 KB; the API shows paths with decimal ids, as ARCHITECTURE §4 writes them.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -29,9 +31,21 @@ def root_path(user_id: int) -> str:
     return f",{encode_id(user_id)},"
 
 
+@lru_cache(maxsize=512)
+def _parsed(path: str) -> tuple[int, ...]:
+    # A batch of binds under one deep promoter reads the same 1,000-id path for every bind,
+    # and each bind's own path several times: parse each path once.
+    return tuple(int(part, 36) for part in path[1:-1].split(",") if part)
+
+
 def ids_of(path: str) -> list[int]:
     """The ids of a path, root first, the node itself last."""
-    return [int(part, 36) for part in path.strip(",").split(",") if part]
+    return list(_parsed(path))
+
+
+def depth_of(path: str) -> int:
+    """How many ids a path holds (the node's level), without parsing them."""
+    return path.count(",") - 1
 
 
 def child_path(parent_path: str, user_id: int) -> str:
@@ -42,9 +56,27 @@ def contains(path: str, user_id: int) -> bool:
     return f",{encode_id(user_id)}," in path
 
 
+@lru_cache(maxsize=512)
+def _decimal(path: str) -> str:
+    return "," + "".join(f"{i}," for i in _parsed(path))
+
+
 def decimal_path(path: str) -> str:
-    """The path as the API shows it: ``,1,3,5,`` with decimal ids."""
-    return "," + "".join(f"{i}," for i in ids_of(path))
+    """The path as the API shows it: ``,1,3,5,`` with decimal ids. The parent's part is
+    converted once and reused by every child bound under it."""
+    cut = path.rfind(",", 0, len(path) - 1)
+    return _decimal(path[: cut + 1]) + f"{int(path[cut + 1 : -1], 36)},"
+
+
+def first_id(path: str) -> int:
+    """The root of a path, without parsing the rest."""
+    return int(path[1 : path.index(",", 1)], 36)
+
+
+def nearest_ancestors(path: str, levels: int) -> list[int]:
+    """Up to ``levels`` ancestors nearest first, parsing only the tail of the path."""
+    parts = path[1:-1].rsplit(",", levels + 1)[-(levels + 1) :]
+    return [int(part, 36) for part in reversed(parts[:-1])]
 
 
 def rewrite(path: str, rewrites: list[tuple[str, str]]) -> str:

@@ -52,21 +52,22 @@ def effective_path(
 
 def ancestors_of(path: str, levels: int) -> list[int]:
     """Ancestor ids nearest first (parent, grandparent, ...), at most ``levels``."""
-    ids = paths.ids_of(path)[:-1]
-    ids.reverse()
-    return ids[:levels]
+    if levels <= 8:
+        return paths.nearest_ancestors(path, levels)
+    ids = paths.ids_of(path)
+    return ids[-2::-1][:levels]
 
 
 def relation_view(
     user_id: int, relation: dict[str, Any] | None, path: str, now: datetime
 ) -> dict[str, Any]:
     """The relation as the API shows it; a user bound under nobody is a root of itself."""
-    ids = paths.ids_of(path)
+    parent = paths.nearest_ancestors(path, 1)
     return {
         "user_id": user_id,
-        "parent_id": ids[-2] if len(ids) > 1 else None,
-        "root_id": ids[0],
-        "level": len(ids),
+        "parent_id": parent[0] if parent else None,
+        "root_id": paths.first_id(path),
+        "level": paths.depth_of(path),
         "path": paths.decimal_path(path),
         "bound_at": relation["bound_at"] if relation else None,
         "bind_source": relation["bind_source"] if relation else None,

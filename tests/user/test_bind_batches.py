@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from datetime import datetime
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +14,9 @@ from sqlalchemy import select
 
 from libs.common.db.engine import Database, Tx
 from libs.common.errors import TuikeError
-from services.user.attaching import Attached
+from libs.common.events import UserBound
+from services.user import paths
+from services.user.attaching import Attached, event_data, plan_attach
 from services.user.bind_batch import BindQueue, BindRequest, Outcome, bind_many
 from services.user.models import relations, team_counts
 from tests.user.conftest import UserWorld
@@ -155,3 +158,56 @@ async def test_two_queues_on_one_database_never_both_win_a_user(
         assert parent in (left_promoter, right_promoter)
     counts = await Population([(left_promoter, ""), (right_promoter, "")]).tree(world.db)
     assert counts[0][1][0] + counts[1][1][0] == len(people)
+
+
+@given(
+    depth=st.integers(1, 40),
+    rebind=st.booleans(),
+    microsecond=st.sampled_from([0, 1, 999_999, 123_456]),
+)
+@settings(max_examples=60, deadline=None)
+def test_hand_built_event_data_equals_the_pydantic_contract(
+    depth: int, rebind: bool, microsecond: int
+) -> None:
+    chain = [1_000_000 + n * 37 for n in range(depth)]
+    user_id = 9_999_999_999
+    parent_path = paths.path_of(chain)
+    now = datetime(2026, 11, 26, 15, 30, 1, microsecond)
+    current = (
+        {"parent_id": 42, "path": paths.path_of([7, 42, user_id]), "bound_at": now}
+        if rebind
+        else None
+    )
+    plan = plan_attach(
+        user_id,
+        chain[-1],
+        parent_path=parent_path,
+        current=current,
+        old_path=current["path"] if current else paths.root_path(user_id),
+        subtree={"level1_count": 0, "level2_count": 0, "level3_count": 0, "team_size": 0},
+        now=now,
+        source="link",
+        kind="rebind" if rebind else "bind",
+    )
+    contract = UserBound(
+        user_id=user_id,
+        parent_id=chain[-1],
+        previous_parent_id=42 if rebind else None,
+        ancestor_ids=list(reversed(chain)),
+        level=depth + 1,
+        bind_source="link",
+        bound_at=now,
+        previous_ancestor_ids=[42, 7] if rebind else [],
+    )
+    assert event_data(plan, now) == contract.model_dump(mode="json")
+
+
+@given(chain=st.lists(st.integers(1, 2**63 - 1), min_size=1, max_size=30, unique=True))
+def test_path_shortcuts_agree_with_a_full_parse(chain: list[int]) -> None:
+    path = paths.path_of(chain)
+    assert paths.ids_of(path) == chain
+    assert paths.first_id(path) == chain[0]
+    assert paths.depth_of(path) == len(chain)
+    assert paths.decimal_path(path) == "," + "".join(f"{i}," for i in chain)
+    for levels in range(0, len(chain) + 2):
+        assert paths.nearest_ancestors(path, levels) == list(reversed(chain[:-1]))[:levels]
