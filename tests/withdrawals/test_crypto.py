@@ -39,3 +39,16 @@ def test_key_from_setting_base64_or_hex() -> None:
     assert b.decrypt(a.encrypt("v", promoter_id=1, field="f"), promoter_id=1, field="f") == "v"
     with pytest.raises(ValueError):
         PayeeCipher.from_setting("not a key")
+
+
+def test_the_development_key_survives_a_restart_of_make_run() -> None:
+    """`make run` keeps the bootstrap admin key but mints a new internal key at each start:
+    payee details saved before a restart must still read after it."""
+    from services.commission.withdrawals.settings import WithdrawalDeploySettings
+
+    before = WithdrawalDeploySettings(bootstrap_admin_key="dev-admin-key", internal_api_key="a1")
+    after = WithdrawalDeploySettings(bootstrap_admin_key="dev-admin-key", internal_api_key="b2")
+    stored = before.cipher().encrypt("6222021234567890128", promoter_id=7, field="bank_card")
+    assert after.cipher().decrypt(stored, promoter_id=7, field="bank_card") == (
+        "6222021234567890128"
+    )

@@ -44,7 +44,10 @@ class WithdrawalDeploySettings(BaseSettings):
     def cipher(self) -> PayeeCipher:
         if self.payee_encryption_key:
             return PayeeCipher.from_setting(self.payee_encryption_key)
-        secret = self.internal_api_key or self.bootstrap_admin_key or "tuike-local"
+        # The bootstrap admin key first: `make run` keeps it across restarts (dev-admin-key by
+        # default) but makes a new internal key at every start, which would leave payee
+        # details saved before a restart unreadable.
+        secret = self.bootstrap_admin_key or self.internal_api_key or "tuike-local"
         log.warning("TUIKE_PAYEE_ENCRYPTION_KEY unset: using a development key for payee data")
         return PayeeCipher.derived(secret)
 
