@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint bench lock clean
+.PHONY: install run test test-fast lint bench lock clean chaos
 
 # Fresh machine: create the virtualenv and install the pinned lock, then the project itself.
 $(STAMP): pyproject.toml requirements.lock
@@ -30,6 +30,14 @@ lint: install
 
 bench: install
 	$(PY) -m bench $(BENCH)
+
+# The fault-injection harness (docs/reliability.md): the real stack on its own free ports and
+# Redis key prefix, traffic through the gateway, process kills, broker restarts, database and
+# Redis cuts, every event twice; then reconciliation. Last line: `reconciliation: N differences`
+# (exit 1 unless N is 0). TUIKE_CHAOS_SECONDS (default 120), TUIKE_CHAOS_SEED,
+# TUIKE_CHAOS_MYSQL_URL / TUIKE_CHAOS_REDIS_URL (or the TUIKE_TEST_* ones) for MariaDB + Redis.
+chaos: install
+	$(PY) -m chaos
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: install

@@ -360,11 +360,53 @@ class Stack:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    def pid(self, name: str) -> int:
+        """The process id of one running part (``gateway``, a service, ``broker``, ``redis``),
+        e.g. for a benchmark that reads its CPU time."""
+        return self.processes[name].pid
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[name]
         if process.poll() is None:
             os.kill(process.pid, sig)
         process.wait(timeout=30)
+
+    # -- hooks of the chaos harness (chaos/): workers apart, restart one process -----------
+    def start_worker(self, service: str) -> None:
+        """The service's outbox relay, consumers and tasks in a process of their own
+        (``python -m services.<name> worker``), named ``<service>-worker``; start the API
+        processes with ``TUIKE_RUN_WORKERS=false`` in ``service_env`` to split them."""
+        env = {**self._service_env(service), "TUIKE_RUN_WORKERS": "true"}
+        self._spawn(
+            f"{service}-worker", [sys.executable, "-m", f"services.{service}", "worker"], env
+        )
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """The environment a process of ``service`` runs with (for its commands)."""
+        return self._service_env(service)
+
+    def start_process(self, name: str) -> None:
+        """Start the process ``name`` (a service, ``<service>-worker``, gateway, broker)."""
+        if name == "gateway":
+            self.start_gateway()
+        elif name == "broker":
+            self.start_broker()
+        elif name == "redis":
+            self.start_redis()
+        elif name.endswith("-worker"):
+            self.start_worker(name.removesuffix("-worker"))
+        else:
+            self.start_service(name)
+
+    def restart_broker(self) -> None:
+        """Kill the embedded broker and start it again on its port: it comes back empty (memory
+        storage), as after a crash; the relays must republish what it lost."""
+        if "broker" in self.processes:
+            self.kill("broker")
+        deadline = time.monotonic() + 10
+        while port_open("127.0.0.1", self.config.broker_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.start_broker()
 
     def restart_service(self, service: str) -> None:
         if self.processes[service].poll() is None:
@@ -375,7 +417,8 @@ class Stack:
     def stop(self) -> None:
         """Stop everything we started: gateway and services first, then broker and Redis."""
         order = ["gateway", *SERVICES, "broker", "redis"]
-        for group in (order[:5], order[5:]):
+        workers = [name for name in self.processes if name.endswith("-worker")]
+        for group in ([*order[:5], *workers], order[5:]):
             running = [self.processes[n] for n in group if n in self.processes]
             for process in running:
                 if process.poll() is None:

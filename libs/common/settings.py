@@ -32,6 +32,9 @@ class CommonSettings(BaseSettings):
     kafka_enable_idempotence: bool = False
     kafka_topic_partitions: int = 4
     kafka_topic_replication: int = 1
+    # Relays and consumers check whether the broker lost its memory (the embedded in-memory
+    # broker restarted) by a marker offset of their own (libs/common/messaging/kafka.py).
+    broker_restart_detection: bool = True
 
     # Snowflake node id; None = lease one from Redis at start so replicas never share one.
     node_id: int | None = Field(default=None, ge=0, le=1023)

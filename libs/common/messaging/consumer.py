@@ -9,6 +9,7 @@ reason, so it can be replayed after a fix even if the broker forgot it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -30,10 +31,10 @@ from sqlalchemy import (
     select,
 )
 
-from libs.common.db.engine import Database, Tx
+from libs.common.db.engine import Database, Tx, is_retryable
 from libs.common.db.sql import insert_ignore
 from libs.common.messaging.envelope import Envelope, dlq_topic
-from libs.common.messaging.kafka import ensure_topics, start_with_retry
+from libs.common.messaging.kafka import BrokerMemory, ensure_topics, start_with_retry
 from libs.common.messaging.outbox import AutoId, LongText, utcnow
 from libs.common.metrics import DLQ_MESSAGES, MESSAGE_QUEUE_SIZE, MESSAGES_CONSUMED
 from libs.common.settings import ServiceSettings
@@ -204,6 +205,11 @@ class EventConsumer:
                 await self._dead_letter(record, event.id, f"poison: {exc}")
                 return
             except Exception as exc:
+                if attempt == self.settings.consumer_max_retries and is_retryable(exc):
+                    # The database is away or busy, not the message bad: dead-lettering a good
+                    # message would lose it until someone replays it. Give the batch back to
+                    # run(), which rewinds to the committed offset and tries again later.
+                    raise
                 if attempt == self.settings.consumer_max_retries:
                     await self._dead_letter(
                         record, event.id, f"failed {attempt} times: {type(exc).__name__}: {exc}"
@@ -255,26 +261,77 @@ class EventConsumer:
             rebalance_timeout_ms=10000,
         )
         await start_with_retry(self.consumer)
+        memory = BrokerMemory(self.settings, f"consumer.{self.name}", topics[0])
+        rewind, marked, checked = False, False, 0.0
         try:
             while not stop.is_set():
                 try:
+                    if not marked:
+                        await memory.mark()
+                        marked = True
+                    if rewind:
+                        await self._rewind()
+                        rewind = False
+                    loop_time = asyncio.get_running_loop().time()
+                    if loop_time - checked > 1.0:
+                        checked = loop_time
+                        if await self._forgotten(memory, topics):
+                            continue
                     batches = await self.consumer.getmany(
                         timeout_ms=200, max_records=self.settings.consumer_batch_size
                     )
                     for records in batches.values():
                         if records:
                             await self._process_batch(records)
-                    if batches:
+                    # Never commit positions of a broker that forgot everything: on the new
+                    # log they would skip events nobody has seen.
+                    if batches and not await self._forgotten(memory, topics):
                         await self.consumer.commit()
                     await self._report_lag()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("consumer %s step failed; retrying", self.name)
+                    # getmany() moved the positions past the batch that failed: without a
+                    # rewind, the next commit would skip it and its events would be lost.
+                    rewind = True
                     await asyncio.sleep(1.0)
-                    await ensure_topics(self.settings, topics)
+                    with contextlib.suppress(Exception):
+                        await ensure_topics(self.settings, topics)
         finally:
+            await memory.stop()
             await self.consumer.stop()
+
+    async def _forgotten(self, memory: BrokerMemory, topics: Sequence[str]) -> bool:
+        """If the broker restarted empty, read every assigned partition from its beginning
+        (the relays republish what it lost; the inbox absorbs what was applied before)."""
+        assert self.consumer is not None
+        if not await memory.forgot():
+            return False
+        log.warning("consumer %s: the broker lost its memory; reading from the start", self.name)
+        await ensure_topics(self.settings, topics)
+        assigned = self.consumer.assignment()
+        for tp in assigned:
+            await self.consumer.seek_to_beginning(tp)
+        if assigned:
+            # Overwrite any position committed to the new broker from the old log (before
+            # the group noticed), so a successor after a crash starts at the beginning too.
+            await self.consumer.commit({tp: 0 for tp in assigned})
+        # Marker last: if anything above fails, the next check does it all again.
+        await memory.mark()
+        return True
+
+    async def _rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset (the first message not
+        yet applied), or to the beginning when the group has none (a broker that lost its
+        memory): what was applied meanwhile comes again and the inbox absorbs it."""
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
 
     async def _report_lag(self) -> None:
         assert self.consumer is not None

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.common.db.engine import Database, Tx
 from libs.common.db.sql import insert_ignore
 from libs.common.messaging.envelope import Envelope
-from libs.common.messaging.kafka import ensure_topics
+from libs.common.messaging.kafka import BrokerMemory, ensure_topics
 from libs.common.metrics import MESSAGE_QUEUE_SIZE, MESSAGES_PUBLISHED, OUTBOX_REPUBLISHED
 from libs.common.settings import ServiceSettings
 
@@ -113,6 +113,9 @@ class OutboxRelay:
         # broker lost its log (the embedded broker restarted), so we publish again.
         self._high_offsets: dict[tuple[str, int], int] = {}
         self._check_topics = True
+        # Checked before each batch: a broker that restarted empty gets the horizon again
+        # before any new row.
+        self.memory = BrokerMemory(settings, f"outbox.{self.service}", self.topics[0])
         db.outbox_listeners.append(self.wake)
 
     async def wake(self) -> None:
@@ -201,14 +204,34 @@ class OutboxRelay:
             log.info("republished %d outbox rows", total)
         return total
 
+    async def _recover_if_forgotten(self) -> None:
+        """Republish the horizon *before* any new row: an aggregate's earlier events (an
+        order.paid the broker lost) must not come after its later ones (a refund)."""
+        if await self.memory.forgot():
+            log.warning("the broker lost its memory: republishing the outbox horizon")
+            # Marker first: a restart during the republish is then seen next time.
+            await ensure_topics(self.settings, self.topics)
+            await self.memory.mark()
+            await self.republish_horizon()
+
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            await self.memory.stop()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         first = True
         while not stop.is_set():
             try:
                 if first:
+                    await ensure_topics(self.settings, self.topics)
+                    await self.memory.mark()
                     await self.republish_horizon()
                     first = False
                     self._check_topics = False
+                else:
+                    await self._recover_if_forgotten()
                 if self._check_topics:
                     await ensure_topics(self.settings, self.topics)
                     self._check_topics = False
@@ -221,7 +244,7 @@ class OutboxRelay:
             except Exception:
                 log.exception("outbox relay step failed; retrying")
                 # The broker may have restarted empty: recreate the topics before resending;
-                # the offsets going back then trigger the republish.
+                # the lost marker (or the offsets going back) then triggers the republish.
                 self._check_topics = True
                 await asyncio.sleep(1.0)
             self._wake.clear()

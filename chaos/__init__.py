@@ -1,0 +1,1 @@
+"""The fault-injection harness (``make chaos``, ``python -m chaos``): docs/reliability.md."""
