@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from libs.common.db.engine import is_retryable
+
 log = logging.getLogger("tuike.errors")
 
 
@@ -135,5 +137,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_retryable(exc):
+            # The database stayed away through every retry: the request changed nothing
+            # (its transaction rolled back) and may be sent again.
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            return error_response(
+                503,
+                "database.unavailable",
+                "the database is unavailable; nothing was changed, try again",
+                headers={"Retry-After": "1"},
+            )
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal", "internal error")

@@ -21,6 +21,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
+    stop_all,
     wait_exponential_jitter,
 )
 
@@ -108,7 +110,13 @@ class Tx:
         conn = self._connections.get(url)
         if conn is None:
             conn = await self.db.engine_for_url(url).connect()
-            await conn.begin()
+            try:
+                await conn.begin()
+            except BaseException:
+                # A busy SQLite file or a lost server fails the BEGIN: give the connection
+                # back, or every retry would leak one.
+                await conn.close()
+                raise
             self._connections[url] = conn
         return conn
 
@@ -151,11 +159,13 @@ class Database:
         *,
         echo: bool = False,
         max_attempts: int = 8,
+        min_retry_seconds: float = 5.0,
     ) -> None:
         self.url = url
         self.shard_map = {int(k): v for k, v in (shard_map or {}).items()}
         self.echo = echo
         self.max_attempts = max_attempts
+        self.min_retry_seconds = min_retry_seconds
         self._engines: dict[str, AsyncEngine] = {}
         # Called after a commit that wrote outbox rows (the relay wakes up at once).
         self.outbox_listeners: list[Callable[[], Awaitable[None]]] = []
@@ -215,7 +225,11 @@ class Database:
         is busy (SQLite) or reports a deadlock or a lost connection (MySQL)."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(self.max_attempts),
+            # Both: a busy SQLite file clears in a few quick attempts, a MySQL failover or a
+            # dropped connection takes seconds; only then is the caller told (503).
+            stop=stop_all(
+                stop_after_attempt(self.max_attempts), stop_after_delay(self.min_retry_seconds)
+            ),
             wait=wait_exponential_jitter(multiplier=0.01, max=1.0, jitter=0.05),
             reraise=True,
         )
