@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db.common_tables import COMMON_MIGRATION
@@ -95,7 +96,7 @@ async def make_append_only(conn: AsyncConnection, table: str) -> None:
         message = f"{table} is append-only: {operation} refused"
         if conn.dialect.name == "sqlite":
             statement = (
-                f"CREATE TRIGGER {name} BEFORE {operation} ON {table} "
+                f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {operation} ON {table} "
                 f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
             )
         else:
@@ -103,7 +104,21 @@ async def make_append_only(conn: AsyncConnection, table: str) -> None:
                 f"CREATE TRIGGER {name} BEFORE {operation} ON {table} FOR EACH ROW "
                 f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{message}'"
             )
-        await conn.execute(text(statement))
+        try:
+            await conn.execute(text(statement))
+        except DBAPIError as exc:
+            # Two processes starting together (the API and its worker) both found no trigger
+            # and both made it: the one that lost has nothing left to do.
+            if _error_number(exc) != _MYSQL_TRIGGER_EXISTS:
+                raise
+
+
+_MYSQL_TRIGGER_EXISTS = 1359
+
+
+def _error_number(exc: DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 async def ensure_monthly_tables(
