@@ -121,14 +121,19 @@ class NodeLease:
 
     async def _keep_alive(self) -> None:
         assert self.node_id is not None
+        delay = self.ttl_ms / 3000
         while True:
-            await asyncio.sleep(self.ttl_ms / 3000)
+            await asyncio.sleep(delay)
             try:
                 renewed = await self.redis.eval(
                     self._RENEW, 1, self._key(self.node_id), self.token, self.ttl_ms
                 )
-            except Exception:  # Redis briefly away: the lease outlives a few missed renewals.
+            except Exception:
+                # Redis briefly away: try again within a second, not a third of the lease
+                # later, or two short outages in a row let the lease expire.
+                delay = 1.0
                 continue
+            delay = self.ttl_ms / 3000
             if not renewed:
                 # Someone else holds our node id: continuing could mint duplicate ids, so
                 # stop this process and let its supervisor start it with a fresh lease.

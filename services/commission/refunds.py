@@ -59,7 +59,12 @@ async def apply_refunds(
             .with_for_update()
         )
         if not month:
-            # No commissions (yet): a late order.paid carries the items' refunded amounts.
+            # No commissions for this order: it paid nothing to promoters, or its order.paid
+            # has not been applied. The second relies on per-key order: the order service
+            # publishes a refund after the order's order.paid, on the same partition, and the
+            # relay republishes what a restarted broker lost before anything new
+            # (docs/reliability.md). An order.paid arriving after its refund would accrue on
+            # the full paid amount (the event carries no refunds).
             continue
         remaining = {item.item_id: item.remaining_paid_amount for item in refund.items}
         table = ctx.tables.records.for_month(month)
