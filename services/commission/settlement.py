@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Column, Table, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db.engine import Tx
@@ -163,6 +163,19 @@ async def _mark_settled(conn: AsyncConnection, order_ids: Sequence[int], now: da
         )
 
 
+def _settled_columns(table: Table) -> list[Column[Any]]:
+    """What settling needs of a record: which order line, whose, how much."""
+    return [
+        table.c.id,
+        table.c.order_id,
+        table.c.item_id,
+        table.c.level,
+        table.c.beneficiary_id,
+        table.c.amount,
+        table.c.currency,
+    ]
+
+
 def _by_month(due: dict[int, str]) -> dict[str, list[int]]:
     months: dict[str, list[int]] = defaultdict(list)
     for order_id, month in due.items():
@@ -216,15 +229,9 @@ async def settle_orders(
             )
             moved.extend(
                 await conn.execute(
-                    select(
-                        table.c.id,
-                        table.c.order_id,
-                        table.c.item_id,
-                        table.c.level,
-                        table.c.beneficiary_id,
-                        table.c.amount,
-                        table.c.currency,
-                    ).where(table.c.order_id.in_(part), table.c.settle_batch_id == batch_id)
+                    select(*_settled_columns(table)).where(
+                        table.c.order_id.in_(part), table.c.settle_batch_id == batch_id
+                    )
                 )
             )
     await _mark_settled(conn, list(due), now)
@@ -358,15 +365,7 @@ async def settle_orders_per_record(
         for part in chunks(month_orders):
             records = (
                 await conn.execute(
-                    select(
-                        table.c.id,
-                        table.c.order_id,
-                        table.c.item_id,
-                        table.c.level,
-                        table.c.beneficiary_id,
-                        table.c.amount,
-                        table.c.currency,
-                    )
+                    select(*_settled_columns(table))
                     .where(table.c.order_id.in_(part), table.c.status == "frozen")
                     .with_for_update()
                 )

@@ -30,11 +30,11 @@ from sqlalchemy import (
     DateTime,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     and_,
     select,
-    union_all,
     update,
 )
 
@@ -52,6 +52,7 @@ from libs.common.errors import BadRequest, TuikeError
 from libs.common.ids import SHARD_COUNT
 from libs.common.messaging.outbox import utcnow
 from libs.common.runtime import Runtime
+from services.user.fan_out import across_shards
 from services.user.models import PII_FIELDS, SEALED_COLUMNS, users
 from services.user.settings import UserDeploySettings
 
@@ -246,22 +247,14 @@ async def find_by_phone(
         raise BadRequest(f"{phone!r} is not a phone number", code="user.invalid_phone") from None
     candidates = pii.phone_index.candidates(wanted)
 
-    async def from_database(shards: list[int]) -> list[dict[str, Any]]:
-        parts = []
-        for shard in shards:
-            table = users.for_shard(shard)
-            condition: ColumnElement[bool] = table.c.phone_index.in_(candidates)
-            if platform is not None:
-                condition = and_(condition, table.c.platform == platform)
-            inner = select(table).where(condition).order_by(table.c.id).limit(limit).subquery()
-            parts.append(select(*inner.c))
-        async with db.read_shard(shards[0]) as conn:
-            rows = await conn.execute(union_all(*parts))
-            return [dict(row) for row in rows.mappings()]
+    def matches_in(shard: int) -> Select[Any]:
+        table = users.for_shard(shard)
+        condition: ColumnElement[bool] = table.c.phone_index.in_(candidates)
+        if platform is not None:
+            condition = and_(condition, table.c.platform == platform)
+        return select(table).where(condition).order_by(table.c.id).limit(limit)
 
-    groups = list(db.shards_by_url().values())
-    found = [row for rows in await asyncio.gather(*map(from_database, groups)) for row in rows]
-    found.sort(key=lambda row: row["id"])
+    found = await across_shards(db, matches_in, "id")
     matches = []
     for row in found:
         user = pii.open(row)

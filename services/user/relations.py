@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, union_all
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db.engine import Database
 from libs.common.errors import BadRequest
 from libs.common.ids import shard_of
 from services.user import paths
+from services.user.fan_out import across_shards
 from services.user.models import move_jobs, relations, team_counts
 from services.user.users import require_user
 
@@ -119,31 +119,22 @@ async def get_children(
     async with db.read_shard(shard_of(user_id)) as conn:
         await require_user(conn, user_id)
 
-    async def from_database(shards: list[int]) -> list[dict[str, Any]]:
-        parts = []
-        for shard in shards:
-            table = relations.for_shard(shard)
-            inner = (
-                select(
-                    table.c.user_id,
-                    table.c.bound_at,
-                    table.c.bind_source,
-                    table.c.level,
-                    table.c.expires_at,
-                )
-                .where(table.c.parent_id == user_id, table.c.user_id > after)
-                .order_by(table.c.user_id)
-                .limit(limit + 1)
-                .subquery()
+    def children_in(shard: int) -> Select[Any]:
+        table = relations.for_shard(shard)
+        return (
+            select(
+                table.c.user_id,
+                table.c.bound_at,
+                table.c.bind_source,
+                table.c.level,
+                table.c.expires_at,
             )
-            parts.append(select(*inner.c))
-        async with db.read_shard(shards[0]) as conn:
-            rows = await conn.execute(union_all(*parts))
-            return [dict(row) for row in rows.mappings()]
+            .where(table.c.parent_id == user_id, table.c.user_id > after)
+            .order_by(table.c.user_id)
+            .limit(limit + 1)
+        )
 
-    groups = list(db.shards_by_url().values())
-    found = [row for rows in await asyncio.gather(*map(from_database, groups)) for row in rows]
-    found.sort(key=lambda row: row["user_id"])
+    found = await across_shards(db, children_in, "user_id")
     page = found[:limit]
     next_cursor = str(page[-1]["user_id"]) if len(found) > limit else None
     return page, next_cursor
