@@ -52,10 +52,7 @@ def effective_path(
 
 def ancestors_of(path: str, levels: int) -> list[int]:
     """Ancestor ids nearest first (parent, grandparent, ...), at most ``levels``."""
-    if levels <= 8:
-        return paths.nearest_ancestors(path, levels)
-    ids = paths.ids_of(path)
-    return ids[-2::-1][:levels]
+    return paths.nearest_ancestors(path, levels)
 
 
 def relation_view(

@@ -165,6 +165,7 @@ class Database:
         self.shard_map = {int(k): v for k, v in (shard_map or {}).items()}
         self.echo = echo
         self.max_attempts = max_attempts
+        self._shards_by_url: dict[str, list[int]] | None = None
         self.min_retry_seconds = min_retry_seconds
         self._engines: dict[str, AsyncEngine] = {}
         # Called after a commit that wrote outbox rows (the relay wakes up at once).
@@ -215,10 +216,14 @@ class Database:
         return urls
 
     def shards_by_url(self) -> dict[str, list[int]]:
-        grouped: dict[str, list[int]] = {}
-        for shard in range(SHARD_COUNT):
-            grouped.setdefault(self.shard_url(shard), []).append(shard)
-        return grouped
+        """The logical shards each physical database holds (fixed for the process: the map
+        is read once; batch reads ask for it on every statement)."""
+        if self._shards_by_url is None:
+            grouped: dict[str, list[int]] = {}
+            for shard in range(SHARD_COUNT):
+                grouped.setdefault(self.shard_url(shard), []).append(shard)
+            self._shards_by_url = grouped
+        return {url: list(shards) for url, shards in self._shards_by_url.items()}
 
     async def run(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``work`` in one transaction and commit it; retry it whole when the database
