@@ -14,13 +14,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import BindParameter, Table, bindparam, select, union_all, update
 
 from libs.common.db.engine import Tx
+from libs.common.db.prepared import Prepared, runs_inline
 from libs.common.db.sharding import ShardedTable
-from libs.common.db.sql import insert_ignore, upsert_add
+from libs.common.db.sql import insert_ignore, insert_rows, upsert_add
 from libs.common.errors import Conflict
 from libs.common.ids import IdGenerator, shard_of
 from libs.common.messaging.envelope import USER_EVENTS, Envelope, make_event
@@ -116,10 +118,10 @@ def plan_attach(
     )
 
 
-_ROWS_BY_KEY: dict[tuple[str, str, tuple[int, ...]], Any] = {}
+_ROWS_BY_KEY: dict[tuple[str, str, tuple[int, ...]], Prepared] = {}
 
 
-def _rows_by_key_statement(table: ShardedTable, key: str, shards: tuple[int, ...]) -> Any:
+def _rows_by_key_statement(table: ShardedTable, key: str, shards: tuple[int, ...]) -> Prepared:
     """SELECT ... WHERE key IN :ids_<shard> for each shard, joined with UNION ALL. Built once
     per table and shard group: building the expression costs more than running it."""
     cache_key = (table.base, key, shards)
@@ -130,7 +132,7 @@ def _rows_by_key_statement(table: ShardedTable, key: str, shards: tuple[int, ...
             copy = table.for_shard(shard)
             ids: BindParameter[list[int]] = bindparam(f"ids_{shard}", expanding=True)
             selects.append(select(copy).where(copy.c[key].in_(ids)))
-        statement = selects[0] if len(selects) == 1 else union_all(*selects)
+        statement = Prepared(selects[0] if len(selects) == 1 else union_all(*selects))
         _ROWS_BY_KEY[cache_key] = statement
     return statement
 
@@ -140,7 +142,9 @@ async def rows_by_key(
 ) -> dict[int, dict[str, Any]]:
     """Rows of a user-keyed table for many ids: one statement per physical database (all the
     shards it holds joined with UNION ALL, a shard without ids given an empty list), not one
-    per id."""
+    per id. On an inline SQLite connection, where a statement costs microseconds, one small
+    statement per shard with ids instead: SQLite keeps those parsed, while the UNION ALL's
+    text changes with every batch and would be parsed anew each time."""
     by_shard: dict[int, list[int]] = defaultdict(list)
     for entity_id in set(ids):
         by_shard[shard_of(entity_id)].append(entity_id)
@@ -148,13 +152,20 @@ async def rows_by_key(
     if not by_shard:
         return found
     for shards in tx.db.shards_by_url().values():
-        if not any(shard in by_shard for shard in shards):
+        wanted = [shard for shard in shards if shard in by_shard]
+        if not wanted:
+            continue
+        conn = await tx.shard(shards[0])
+        if runs_inline(conn):
+            for shard in wanted:
+                statement = _rows_by_key_statement(table, key, (shard,))
+                for row in await statement.rows(conn, {f"ids_{shard}": by_shard[shard]}):
+                    found[int(row[key])] = row
             continue
         statement = _rows_by_key_statement(table, key, tuple(shards))
         parameters = {f"ids_{shard}": by_shard.get(shard, []) for shard in shards}
-        result = await (await tx.shard(shards[0])).execute(statement, parameters)
-        for row in result.mappings():
-            found[int(row[key])] = dict(row)
+        for row in await statement.rows(conn, parameters):
+            found[int(row[key])] = row
     return found
 
 
@@ -233,7 +244,7 @@ async def apply_plans(
         for p, history_id in zip(plans, history_ids, strict=True)
     )
     for table, rows in history.items():
-        await (await tx.shard(shard_of(rows[0]["user_id"]))).execute(table.insert(), rows)
+        await insert_rows(await tx.shard(shard_of(rows[0]["user_id"])), table, rows)
 
     totals: dict[int, dict[str, int]] = {}
     for plan in plans:
@@ -293,9 +304,17 @@ async def _start_move_job(tx: Tx, ids: IdGenerator, plan: Plan, now: datetime) -
 
 
 def _ancestor_strings(path: str) -> list[str]:
-    """Ancestor ids nearest first, as the decimal strings events carry (no int round trip:
-    a 1,000-deep path would cost a thousand conversions per bind)."""
-    return paths.decimal_path(path).strip(",").split(",")[-2::-1]
+    """Ancestor ids nearest first, as the decimal strings events carry."""
+    return list(_ids_nearest_first(path[: path.rfind(",", 0, len(path) - 1) + 1]))
+
+
+@lru_cache(maxsize=256)
+def _ids_nearest_first(path: str) -> tuple[str, ...]:
+    # The ids of a path (the parent's, for a bind) as decimal strings, last first: computed
+    # once per parent, not per bind (a 1,000-deep path holds a thousand).
+    if path == ",":
+        return ()
+    return tuple(paths.decimal_path(path)[1:-1].split(",")[::-1])
 
 
 def event_data(plan: Plan, now: datetime) -> dict[str, Any]:

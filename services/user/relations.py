@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db.engine import Database
+from libs.common.db.prepared import Prepared
 from libs.common.errors import BadRequest
 from libs.common.ids import shard_of
 from services.user import paths
@@ -20,14 +21,17 @@ from services.user.users import require_user
 RUNNING = "running"
 
 
+_ACTIVE_REWRITES = Prepared(
+    select(move_jobs.c.old_prefix, move_jobs.c.new_prefix)
+    .where(move_jobs.c.status == bindparam("status"))
+    .order_by(move_jobs.c.id)
+)
+
+
 async def active_rewrites(main: AsyncConnection) -> list[tuple[str, str]]:
     """Subtree moves whose job is still rewriting paths, oldest first (normally none)."""
-    rows = await main.execute(
-        select(move_jobs.c.old_prefix, move_jobs.c.new_prefix)
-        .where(move_jobs.c.status == RUNNING)
-        .order_by(move_jobs.c.id)
-    )
-    return [(row[0], row[1]) for row in rows]
+    rows = await _ACTIVE_REWRITES.rows(main, {"status": RUNNING})
+    return [(row["old_prefix"], row["new_prefix"]) for row in rows]
 
 
 async def load_relation(conn: AsyncConnection, user_id: int) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from libs.common.db.inline_sqlite import InlineConnection
 from libs.common.ids import SHARD_COUNT
 
 log = logging.getLogger("tuike.db")
@@ -63,11 +64,17 @@ def is_retryable(exc: BaseException) -> bool:
 def _make_engine(url: str, *, write: bool, echo: bool) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        options: dict[str, Any] = {"connect_args": {"timeout": 30}}
+        inline = False
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            url, echo=echo, connect_args={"timeout": 30}, pool_size=8, max_overflow=8
-        )
+            path = parsed.database
+
+            async def open_inline() -> InlineConnection:
+                return await InlineConnection.open(path, lock_wait_seconds=30)
+
+            options, inline = {"async_creator": open_inline}, True
+        engine = create_async_engine(url, echo=echo, pool_size=8, max_overflow=8, **options)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -75,7 +82,8 @@ def _make_engine(url: str, *, write: bool, echo: bool) -> AsyncEngine:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            # Inline connections wait for locks themselves, without blocking the loop.
+            cursor.execute("PRAGMA busy_timeout=0" if inline else "PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, select
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.common.db.prepared import Prepared
 from libs.common.db.sql import insert_ignore
 
 global_index_metadata = MetaData()
@@ -48,14 +49,18 @@ async def lookup(conn: AsyncConnection, kind: str, value: str) -> int | None:
     return int(found) if found is not None else None
 
 
+_LOOKUP_MANY = Prepared(
+    select(global_index.c.value, global_index.c.entity_id).where(
+        global_index.c.kind == bindparam("kind"),
+        global_index.c.value.in_(bindparam("values", expanding=True)),
+    )
+)
+
+
 async def lookup_many(conn: AsyncConnection, kind: str, values: Iterable[str]) -> dict[str, int]:
     """The owners of many values of one kind in one statement (values not found are absent)."""
     wanted = sorted(set(values))
     if not wanted:
         return {}
-    rows = await conn.execute(
-        select(global_index.c.value, global_index.c.entity_id).where(
-            global_index.c.kind == kind, global_index.c.value.in_(wanted)
-        )
-    )
-    return {str(row[0]): int(row[1]) for row in rows}
+    rows = await _LOOKUP_MANY.rows(conn, {"kind": kind, "values": wanted})
+    return {str(row["value"]): int(row["entity_id"]) for row in rows}

@@ -1,0 +1,228 @@
+"""An asyncio SQLite driver that runs each statement on the event loop's own thread.
+
+aiosqlite runs every call (cursor, execute, fetch, close: four per statement) on a helper
+thread and wakes the loop when it is done. On two cores each of those hand-offs costs far more
+than the statement: the helper waits for the interpreter lock the loop holds, up to the 5 ms
+switch interval. A SQLite statement on a page-cached file takes microseconds, so it is cheaper
+to run it where the caller already is (docs/decisions/0105-inline-sqlite.md).
+
+Running inline means a statement must never wait for a lock on the loop's thread, or it would
+stall every other task, including the one that holds the lock. So the connection's own busy
+timeout is zero and waiting is done here, asynchronously:
+
+- writers of one file in this process queue on an asyncio lock taken at ``BEGIN IMMEDIATE``
+  and given back at commit, rollback or close (fair, no polling);
+- a lock held by another process (a worker, an import) is polled with short sleeps, up to
+  ``timeout`` seconds, then reported as SQLite reports it ("database is locked"), which the
+  transaction runner retries.
+
+SQLAlchemy wraps the connection as it wraps aiosqlite's (``async_creator`` of the engine);
+this module provides the part of aiosqlite's interface that wrapper uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_FIRST_SLEEP = 0.001
+_LONGEST_SLEEP = 0.025
+
+# One writer queue per database file and event loop (tests run several loops in one process).
+_writer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _writer_lock(path: str) -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    locks = _writer_locks.get(loop)
+    if locks is None:
+        locks = _writer_locks[loop] = {}
+    lock = locks.get(path)
+    if lock is None:
+        lock = locks[path] = asyncio.Lock()
+    return lock
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error)
+    return "database is locked" in text or "database table is locked" in text
+
+
+class _InlineQueue:
+    """aiosqlite's request queue, as SQLAlchemy uses it to set ``isolation_level``: the
+    function runs at once, here."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def put_nowait(self, item: tuple[asyncio.Future[Any], Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            future.set_result(function())
+        except Exception as error:
+            future.set_exception(error)
+
+
+class InlineCursor:
+    __slots__ = ("_connection", "_cursor")
+
+    def __init__(self, connection: InlineConnection) -> None:
+        self._connection = connection
+        self._cursor = connection._conn.cursor()
+
+    async def __aenter__(self) -> InlineCursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cursor.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
+        connection = self._connection
+        if sql.lstrip()[:15].upper() == "BEGIN IMMEDIATE":
+            await connection._take_writer_lock()
+        try:
+            await connection._retry_busy(self._cursor.execute, sql, parameters or ())
+        except BaseException:
+            if not connection._conn.in_transaction:
+                connection._give_back_writer_lock()
+            raise
+        return self
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> InlineCursor:
+        await self._connection._retry_busy(self._cursor.executemany, sql, rows)
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(size if size is not None else self._cursor.arraysize)
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+    async def setinputsizes(self, *sizes: Any) -> None:
+        return None
+
+    async def nextset(self) -> None:
+        return None
+
+
+class InlineConnection:
+    """A sqlite3 connection used from the event loop's thread (see the module's docstring)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, timeout: float) -> None:
+        self._conn = conn
+        self._path = path
+        self._timeout = timeout
+        self._tx = _InlineQueue(conn)
+        self._writer: asyncio.Lock | None = None  # held from BEGIN IMMEDIATE to its end
+        self._connection: sqlite3.Connection | None = conn  # aiosqlite's "still open" flag
+
+    @classmethod
+    async def open(cls, path: str, *, lock_wait_seconds: float = 30.0) -> InlineConnection:
+        conn = sqlite3.connect(
+            path,
+            timeout=0,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=512,  # prepared statements vary with their IN lists' lengths
+        )
+        return cls(conn, path, lock_wait_seconds)
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._conn.isolation_level
+
+    async def _take_writer_lock(self) -> None:
+        if self._writer is None:
+            lock = _writer_lock(self._path)
+            await asyncio.wait_for(lock.acquire(), self._timeout)
+            self._writer = lock
+
+    def _give_back_writer_lock(self) -> None:
+        lock, self._writer = self._writer, None
+        if lock is not None:
+            lock.release()
+
+    async def _retry_busy(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function``; while another process holds the lock it needs, sleep and retry
+        (SQLite's busy handler, without blocking the loop)."""
+        deadline = None
+        sleep = _FIRST_SLEEP
+        while True:
+            try:
+                return function(*args)
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self._timeout
+                if now >= deadline:
+                    raise
+            await asyncio.sleep(sleep)
+            sleep = min(sleep * 2, _LONGEST_SLEEP)
+
+    def cursor(self) -> InlineCursor:
+        return InlineCursor(self)
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
+        return await self.cursor().execute(sql, parameters)
+
+    async def commit(self) -> None:
+        try:
+            await self._retry_busy(self._conn.commit)
+        finally:
+            if not self._conn.in_transaction:
+                self._give_back_writer_lock()
+
+    async def rollback(self) -> None:
+        try:
+            self._conn.rollback()
+        finally:
+            self._give_back_writer_lock()
+
+    async def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self._conn.create_function(*args, **kwargs)
+
+    async def close(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._connection is not None:
+            self._connection = None
+            try:
+                self._conn.close()
+            finally:
+                self._give_back_writer_lock()

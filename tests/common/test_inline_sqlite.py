@@ -1,0 +1,223 @@
+"""The inline SQLite driver waits for locks without blocking the event loop, and prepared
+statements give what SQLAlchemy gives (values, conversions, counts, errors) on every backend.
+
+The ``db`` fixture is SQLite and, where TUIKE_TEST_MYSQL_URL is set, MariaDB too: there the
+prepared statements take SQLAlchemy's path, and must answer the same."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+
+from libs.common.db.engine import Database, Tx
+from libs.common.db.inline_sqlite import InlineConnection
+from libs.common.db.migrations import Migration, MigrationContext, migrate
+from libs.common.db.prepared import Prepared, runs_inline
+from libs.common.db.sql import insert_ignore, upsert_add
+
+meta = MetaData()
+visits = Table(
+    "visits",
+    meta,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", String(32), nullable=False, unique=True),
+    Column("seen_at", DateTime, nullable=True),
+    Column("hits", Integer, nullable=False),
+    # A Python-side default: prepared inserts leave such statements to SQLAlchemy.
+    Column("kind", String(8), nullable=False, default="plain"),
+)
+
+
+async def _schema(ctx: MigrationContext) -> None:
+    await ctx.create_tables(meta)
+
+
+MIGRATIONS = [Migration(1, "visits", _schema)]
+
+BY_IDS = Prepared(
+    select(visits.c.id, visits.c.name, visits.c.seen_at)
+    .where(visits.c.id.in_(bindparam("ids", expanding=True)))
+    .where(visits.c.hits >= bindparam("least"))
+    .order_by(visits.c.id)
+)
+SEEN_AFTER = Prepared(select(visits.c.name).where(visits.c.seen_at > bindparam("after")))
+
+
+def _row(i: int, seen_at: datetime | None = None, hits: int = 1) -> dict[str, object]:
+    return {"id": i, "name": f"n{i}", "seen_at": seen_at, "hits": hits, "kind": "plain"}
+
+
+async def test_prepared_statements_answer_as_sqlalchemy_does(db: Database) -> None:
+    await migrate(db, MIGRATIONS)
+    at = datetime(2026, 11, 26, 17, 40, 1, 123456)
+
+    async def write(tx: Tx) -> list[int]:
+        conn = await tx.main()
+        counts = [await insert_ignore(conn, visits, [_row(1, at, 5), _row(2), _row(3, at)])]
+        # Two new rows, one colliding on the primary key and one on the unique name.
+        counts.append(
+            await insert_ignore(
+                conn, visits, [_row(4), _row(1), {**_row(9), "name": "n2"}, _row(5, at, 7)]
+            )
+        )
+        await upsert_add(conn, visits, [_row(5, hits=10), _row(6, hits=2)], ["id"], ["hits"])
+        return counts
+
+    assert await db.run(write) == [3, 2]
+    async with db.read(may_lag=False) as conn:
+        found = await BY_IDS.rows(conn, {"ids": [5, 1, 3, 99], "least": 1})
+        assert found == [
+            {"id": 1, "name": "n1", "seen_at": at},
+            {"id": 3, "name": "n3", "seen_at": at},
+            {"id": 5, "name": "n5", "seen_at": at},
+        ]
+        assert await BY_IDS.rows(conn, {"ids": [], "least": 0}) == []
+        assert await BY_IDS.rows(conn, {"ids": [1, 2, 3, 4, 5, 6], "least": 6}) == [
+            {"id": 5, "name": "n5", "seen_at": at}
+        ]
+        # A datetime parameter is converted as SQLAlchemy stores it (microseconds kept).
+        names = await SEEN_AFTER.rows(conn, {"after": datetime(2026, 11, 26, 17, 40, 1, 123455)})
+        assert sorted(r["name"] for r in names) == ["n1", "n3", "n5"]
+        assert await SEEN_AFTER.rows(conn, {"after": at}) == []
+        hits = dict((await conn.execute(select(visits.c.id, visits.c.hits))).all())
+        assert hits == {1: 5, 2: 1, 3: 1, 4: 1, 5: 17, 6: 2}
+
+
+async def test_prepared_errors_are_sqlalchemy_errors_and_defaults_still_apply(
+    db: Database,
+) -> None:
+    await migrate(db, MIGRATIONS)
+    unchecked = Prepared(visits.insert())
+
+    async def duplicate(tx: Tx) -> None:
+        conn = await tx.main()
+        await unchecked.execute(conn, [_row(1), _row(1)])
+
+    with pytest.raises(IntegrityError):
+        await db.run(duplicate)
+
+    async def defaulted(tx: Tx) -> int:
+        conn = await tx.main()
+        row = {k: v for k, v in _row(7).items() if k != "kind"}
+        return await unchecked.execute(conn, row)
+
+    assert await db.run(defaulted) == 1
+    async with db.read(may_lag=False) as conn:
+        assert (await conn.execute(select(visits.c.id, visits.c.kind))).all() == [(7, "plain")]
+
+
+async def test_sqlite_engines_run_inline(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
+    await migrate(db, MIGRATIONS)
+
+    async def check(tx: Tx) -> bool:
+        return runs_inline(await tx.main())
+
+    assert await db.run(check)
+    await db.dispose()
+
+
+def _hold_write_lock(path: Path, seconds: float, started: threading.Event) -> None:
+    """Another process's writer, as SQLite sees it: another connection holding the lock."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO visits (id, name, hits, kind) VALUES (100, 'other', 1, 'x')")
+    started.set()
+    time.sleep(seconds)
+    other.execute("COMMIT")
+    other.close()
+
+
+async def test_a_lock_held_elsewhere_is_waited_for_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "held.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await migrate(db, MIGRATIONS)
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 0.6, started))
+    holder.start()
+    await asyncio.to_thread(started.wait, 5)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def write(tx: Tx) -> None:
+        await insert_ignore(await tx.main(), visits, [_row(1)])
+
+    clock = asyncio.create_task(ticker())
+    began = time.monotonic()
+    await db.run(write)
+    waited = time.monotonic() - began
+    clock.cancel()
+    await asyncio.to_thread(holder.join)
+    assert waited >= 0.4  # it did wait for the other writer...
+    assert ticks >= 20  # ...while the loop went on serving others
+    async with db.read(may_lag=False) as conn:
+        assert await conn.scalar(select(func.count()).select_from(visits)) == 2
+    await db.dispose()
+
+
+async def test_writers_in_one_process_queue_and_a_lock_never_released_is_reported(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "queue.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await migrate(db, MIGRATIONS)
+
+    async def write(i: int) -> None:
+        async def work(tx: Tx) -> None:
+            conn = await tx.main()
+            await insert_ignore(conn, visits, [_row(i)])
+            await asyncio.sleep(0.005)  # hold the lock across a suspension
+            await upsert_add(conn, visits, [_row(i, hits=1)], ["id"], ["hits"])
+
+        await db.run(work)
+
+    await asyncio.gather(*(write(i) for i in range(40)))
+    async with db.read(may_lag=False) as conn:
+        hits = (await conn.execute(select(func.sum(visits.c.hits), func.count()))).one()
+    assert tuple(hits) == (80, 40)
+
+    # A lock held elsewhere past the wait: the error SQLite gives, after the wait, not before.
+    connection = await InlineConnection.open(str(path), lock_wait_seconds=0.3)
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 1.0, started))
+    holder.start()
+    await asyncio.to_thread(started.wait, 5)
+    began = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        await connection.execute("BEGIN IMMEDIATE")
+    assert time.monotonic() - began >= 0.3
+    # The failed BEGIN gave the process's writer lock back: the next writer is not stuck.
+    await asyncio.to_thread(holder.join)
+    await db.run(write_one)
+    await connection.close()
+    await db.dispose()
+
+
+async def write_one(tx: Tx) -> None:
+    await insert_ignore(await tx.main(), visits, [_row(500)])
