@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
+from starlette.routing import Route
 
 from libs.common.audit import audit_metadata, audit_router
 from libs.common.auth import Caller, authenticate
@@ -57,6 +58,8 @@ class ServiceSpec:
     settings_check: ChangeCheck | None = None
     # Deploy-time settings class: a ServiceSettings subclass may add the service's own fields.
     settings_class: type[ServiceSettings] = ServiceSettings
+    # Hot endpoints served ahead of FastAPI's router (libs/common/lean_routes.py).
+    lean_routes: Sequence[Route] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -221,6 +224,8 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = Non
 
     for router in spec.routers:
         app.include_router(router)
+    for route in reversed(spec.lean_routes):
+        app.router.routes.insert(0, route)
     # Admins read this service's audit log (libs/common/audit.py) at /api/v1/audit/{name}.
     app.include_router(
         audit_router(spec.name, get_caller, lambda request: runtime_of(request).db.read())

@@ -7,14 +7,16 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.responses import Response as StarletteResponse
 
-from libs.common.auth import Caller
+from libs.common.auth import Caller, authenticate
 from libs.common.db.engine import Tx
 from libs.common.errors import Forbidden
+from libs.common.lean_routes import json_answer, json_body
 from libs.common.masking import mask_phone
 from libs.common.messaging.outbox import utcnow
-from libs.common.runtime import Runtime, get_caller, get_runtime
+from libs.common.runtime import Runtime, get_caller, get_runtime, runtime_of
 from libs.common.schemas import parse_id
 from services.user import moves, promoters, relations, users
 from services.user.attribution import attribute
@@ -218,6 +220,19 @@ def _bind_queue(runtime: Runtime) -> BindQueue:
 async def bind(
     body: Bind, runtime: Runtime = Depends(get_runtime), caller: Caller = Depends(get_caller)
 ) -> BindOut:
+    """The contract of binding; requests are served by ``bind_lean`` (same steps)."""
+    return await _bind(runtime, caller, body)
+
+
+async def bind_lean(request: Request) -> StarletteResponse:
+    """POST /relations/bind as a lean route (libs/common/lean_routes.py): the hottest write of
+    the suite, where FastAPI's per-request work would cost as much as the bind itself."""
+    runtime = runtime_of(request)
+    caller = authenticate(request, runtime.settings)
+    return json_answer(await _bind(runtime, caller, await json_body(request, Bind)))
+
+
+async def _bind(runtime: Runtime, caller: Caller, body: Bind) -> BindOut:
     _self_or_platform(caller, body.user_id)
     attached = await _bind_queue(runtime).bind(
         BindRequest(body.user_id, body.promoter_code, body.source)

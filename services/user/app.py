@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Sequence
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from libs.common.diagnostics import diagnostics_router
 from libs.common.runtime import Runtime, ServiceSpec, Task, create_service_app
-from services.user.api import router
+from services.user.api import bind_lean, router
 from services.user.consumers import subscriptions
 from services.user.migrations import MIGRATIONS
 from services.user.moves import move_worker
@@ -43,6 +44,7 @@ SPEC = ServiceSpec(
     settings_model=UserSettings,
     settings_class=UserDeploySettings,
     on_start=check_pii_keys,
+    lean_routes=[Route("/api/v1/relations/bind", bind_lean, methods=["POST"])],
 )
 
 

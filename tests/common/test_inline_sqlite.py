@@ -7,6 +7,7 @@ prepared statements take SQLAlchemy's path, and must answer the same."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -29,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from libs.common.db.engine import Database, Tx
-from libs.common.db.inline_sqlite import InlineConnection
+from libs.common.db.inline_sqlite import Checkpointer, InlineConnection
 from libs.common.db.migrations import Migration, MigrationContext, migrate
 from libs.common.db.prepared import Prepared, runs_inline
 from libs.common.db.sql import insert_ignore, upsert_add
@@ -221,3 +222,46 @@ async def test_writers_in_one_process_queue_and_a_lock_never_released_is_reporte
 
 async def write_one(tx: Tx) -> None:
     await insert_ignore(await tx.main(), visits, [_row(500)])
+
+
+async def test_the_log_is_checkpointed_in_the_background_and_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that never pause would never let a passive checkpoint finish the log: the
+    checkpointer restarts it once it passes its limit, so the file stops growing."""
+    monkeypatch.setattr(Checkpointer, "interval", 0.01)
+    monkeypatch.setattr(Checkpointer, "restart_pages", 64)
+    path = tmp_path / "log.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await migrate(db, MIGRATIONS)
+    payload = "x" * 3000  # most of a page per row
+
+    async def write(start: int) -> None:
+        async def work(tx: Tx) -> None:
+            rows = [
+                {**_row(i), "name": f"{payload}{i}"[-32:], "kind": "plain"}
+                for i in range(start, start + 4)
+            ]
+            await insert_ignore(await tx.main(), visits, rows)
+            await upsert_add(await tx.main(), visits, rows, ["id"], ["hits"])
+
+        await db.run(work)
+
+    async def writer(offset: int) -> None:
+        for batch in range(150):
+            await write(100_000 * offset + 4 * batch)
+
+    wal = f"{path}-wal"
+    await asyncio.gather(*(writer(k) for k in range(4)))
+    checkpointers = [c for c in Checkpointer._running[asyncio.get_running_loop()].values()]
+    assert [c.path for c in checkpointers] == [str(path)]
+    assert checkpointers[0].passive > 10 and checkpointers[0].restarts >= 1
+    # 600 transactions wrote well over 2,400 pages; restarted at 64, the log file holds a
+    # few hundred at most.
+    assert await asyncio.to_thread(os.path.getsize, wal) < 400 * 4096
+    async with db.read(may_lag=False) as conn:
+        assert await conn.scalar(select(func.count()).select_from(visits)) == 2400
+    await db.dispose()
+    # The last connection closed: the checkpointer ends.
+    await asyncio.sleep(0.05)
+    assert checkpointers[0].task is not None and checkpointers[0].task.done()

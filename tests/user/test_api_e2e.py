@@ -214,3 +214,62 @@ def test_admin_move_rewrites_the_subtree_in_the_background(api: httpx.Client) ->
     assert (new_team["level1_count"], new_team["level2_count"]) == (1, 3)
     old_team = api.get(f"/api/v1/relations/{old_root}/team").json()
     assert (old_team["level1_count"], old_team["level2_count"]) == (0, 0)
+
+
+def test_bind_is_served_as_its_contract_says(api: httpx.Client, stack: Any) -> None:
+    """The bind endpoint is a lean route (no FastAPI machinery per request): malformed bodies
+    are the same 422 envelope, nothing is written for them, the answer has the declared
+    fields, the request id is echoed and the metrics name the route."""
+    user = _user(api)
+    _, code = _promoter(api)
+    malformed: list[dict[str, Any]] = [
+        {"content": b'{"user_id": ', "headers": {"content-type": "application/json"}},
+        {"content": f'{{"user_id": "{user}", "promoter_code": "{code}"}}'.encode()},
+        {"json": {"user_id": user, "promoter_code": ""}},
+        {"json": {"user_id": user, "promoter_code": code, "source": "fax"}},
+        {"json": {"user_id": "0", "promoter_code": code}},
+        {"json": [user, code]},
+    ]
+    for request in malformed:
+        refused = api.post("/api/v1/relations/bind", **request)
+        assert _error(refused) == (422, "request.invalid"), (request, refused.text)
+        problems = refused.json()["error"]["details"]["errors"]
+        assert problems and all(problem["loc"][0] == "body" for problem in problems)
+
+    direct = f"{stack.service_url('user')}/api/v1/relations/bind"
+    anonymous = httpx.post(direct, json={"user_id": user, "promoter_code": code})
+    assert _error(anonymous) == (401, "auth.unauthenticated")
+
+    request_id = f"lean-{_tag()}"
+    bound = api.post(
+        "/api/v1/relations/bind",
+        json={"user_id": user, "promoter_code": code, "source": "qr"},
+        headers={"X-Request-ID": request_id},
+    )
+    assert bound.status_code == 200, bound.text
+    assert bound.headers["x-request-id"] == request_id
+    assert bound.headers["content-type"] == "application/json"
+    answer = bound.json()
+    assert set(answer) == {
+        "user_id",
+        "parent_id",
+        "root_id",
+        "level",
+        "path",
+        "bound_at",
+        "bind_source",
+        "expires_at",
+        "active",
+        "changed",
+    }
+    # Written once, by the valid request only.
+    assert (answer["user_id"], answer["bind_source"], answer["changed"]) == (user, "qr", True)
+    history = api.get(f"/api/v1/relations/{user}/history").json()["items"]
+    assert [item["bind_source"] for item in history] == ["qr"]
+    schema = api.get("/openapi.json").json()
+    assert "/api/v1/relations/bind" in schema["paths"]
+
+    metrics = httpx.get(f"{stack.service_url('user')}/metrics").text
+    assert 'path="/api/v1/relations/bind",service="user",status="200"' in metrics.replace(
+        'method="POST",', ""
+    )

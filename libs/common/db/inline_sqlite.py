@@ -16,6 +16,12 @@ timeout is zero and waiting is done here, asynchronously:
   ``timeout`` seconds, then reported as SQLite reports it ("database is locked"), which the
   transaction runner retries.
 
+Checkpoints (copying the write-ahead log back into the database file, with an fsync) would
+otherwise fall to whichever commit crosses the log's size limit, a stall of several ms in one
+request of a few hundred. Inline connections turn automatic checkpoints off and a task per
+file does them in the background (``Checkpointer``), on worker threads, where SQLite works
+without the interpreter lock. Other processes on the file keep SQLite's automatic checkpoints.
+
 SQLAlchemy wraps the connection as it wraps aiosqlite's (``async_creator`` of the engine);
 this module provides the part of aiosqlite's interface that wrapper uses.
 """
@@ -23,14 +29,18 @@ this module provides the part of aiosqlite's interface that wrapper uses.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
+log = logging.getLogger("tuike.db.sqlite")
+
+JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024  # a log started over is cut back to this size
 _FIRST_SLEEP = 0.001
 _LONGEST_SLEEP = 0.025
 
@@ -54,6 +64,99 @@ def _writer_lock(path: str) -> asyncio.Lock:
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     text = str(error)
     return "database is locked" in text or "database table is locked" in text
+
+
+class Checkpointer:
+    """Checkpoints one database file's write-ahead log for the inline connections of one event
+    loop, while any is open.
+
+    Every ``interval`` seconds a PASSIVE checkpoint copies what it can on a worker thread; it
+    never waits for, nor holds up, readers or writers. But a log that is written to all the
+    time is never wholly copied at the moment a writer could start it over, so it would grow
+    without end: once it holds ``restart_pages`` pages, the checkpointer takes the process's
+    writer lock (in-process writers wait, as for any transaction) and runs a RESTART checkpoint,
+    which copies the little the passive ones left and lets the next writer start the log over.
+    Readers that hold an old snapshot make it give up after a moment; it tries again later.
+    """
+
+    interval = 0.05
+    restart_pages = 32768  # 128 MB of 4 KB pages: at most every few seconds under load
+    _running: ClassVar[
+        weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Checkpointer]]
+    ] = weakref.WeakKeyDictionary()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.users = 0
+        self.passive = 0
+        self.restarts = 0
+        self.stopped = False
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def acquire(cls, path: str) -> Checkpointer:
+        loop = asyncio.get_running_loop()
+        running = cls._running.setdefault(loop, {})
+        checkpointer = running.get(path)
+        if checkpointer is None:
+            checkpointer = running[path] = Checkpointer(path)
+            checkpointer.task = loop.create_task(checkpointer._run(), name=f"checkpoint {path}")
+        checkpointer.users += 1
+        return checkpointer
+
+    def release(self) -> None:
+        """Called from wherever a connection is closed (even outside the loop): the task
+        sees the flag after its current sleep and ends."""
+        self.users -= 1
+        if self.users <= 0:
+            self.stopped = True
+            for running in list(self._running.values()):
+                if running.get(self.path) is self:
+                    del running[self.path]
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                if self.stopped:
+                    return
+                log_pages = await asyncio.to_thread(_checkpoint, self.path, "PASSIVE")
+                self.passive += 1
+                if log_pages >= self.restart_pages:
+                    # Once more without the lock, so that under it only what was written
+                    # meanwhile is left to copy.
+                    await asyncio.to_thread(_checkpoint, self.path, "PASSIVE")
+                    async with _writer_lock(self.path):
+                        if self.stopped:
+                            return
+                        # On the loop's thread: a worker thread would wait for the
+                        # interpreter lock (up to 5 ms a time) while every writer waits for it.
+                        # What is left to copy takes about a millisecond; a reader still on an
+                        # old snapshot makes it give up at once.
+                        if _checkpoint(self.path, "RESTART", wait_seconds=0) >= 0:
+                            self.restarts += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The log then grows until the next process that checkpoints: worth a loud line,
+            # not a failed request.
+            log.exception("background checkpoints of %s stopped", self.path)
+
+
+def _checkpoint(path: str, mode: str, wait_seconds: float = 0.02) -> int:
+    """One checkpoint on a connection of its own; returns the pages in the log, or -1 when
+    SQLite was busy (another checkpoint, or readers that held on past ``wait_seconds``)."""
+    conn = sqlite3.connect(path, timeout=wait_seconds, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        busy, log_pages, _copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return -1 if busy else int(log_pages)
+    except sqlite3.OperationalError as error:
+        if _is_busy(error):
+            return -1
+        raise
+    finally:
+        conn.close()
 
 
 class _InlineQueue:
@@ -149,6 +252,7 @@ class InlineConnection:
         self._tx = _InlineQueue(conn)
         self._writer: asyncio.Lock | None = None  # held from BEGIN IMMEDIATE to its end
         self._connection: sqlite3.Connection | None = conn  # aiosqlite's "still open" flag
+        self._checkpointer: Checkpointer | None = None
 
     @classmethod
     async def open(cls, path: str, *, lock_wait_seconds: float = 30.0) -> InlineConnection:
@@ -159,7 +263,15 @@ class InlineConnection:
             check_same_thread=False,
             cached_statements=512,  # prepared statements vary with their IN lists' lengths
         )
-        return cls(conn, path, lock_wait_seconds)
+        connection = cls(conn, path, lock_wait_seconds)
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            connection._checkpointer = Checkpointer.acquire(path)
+        except BaseException:
+            conn.close()
+            raise
+        return connection
 
     @property
     def isolation_level(self) -> str | None:
@@ -226,3 +338,6 @@ class InlineConnection:
                 self._conn.close()
             finally:
                 self._give_back_writer_lock()
+                if self._checkpointer is not None:
+                    self._checkpointer.release()
+                    self._checkpointer = None
