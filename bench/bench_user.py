@@ -6,7 +6,7 @@ the team size of the tree's root; and the same ancestor lookup done the seed's w
 recursive CTE per query) measured in the same run as the baseline.
 
 Environment: BENCH_USER_TREE_SIZE, BENCH_USER_CHAIN_DEPTH (1000), BENCH_USER_BINDS (2000 per
-depth and concurrency), BENCH_USER_CONCURRENCY (callers in flight in the bind runs, "4,32"),
+depth and concurrency), BENCH_USER_CONCURRENCY (callers in flight in the bind runs, "4,8,16"),
 BENCH_USER_READS (500), BENCH_USER_MYSQL_URL (a MySQL /
 MariaDB server URL: the run uses a fresh database there instead of SQLite).
 """
@@ -17,6 +17,7 @@ import asyncio
 import os
 import random
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,11 @@ def _env(name: str, default: int) -> int:
 
 # Concurrent clients of the bind runs: few for latency (Little's law: at 2,000 binds/s,
 # 16 callers in flight wait 8 ms on average whatever the server does), more for throughput.
-CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_USER_CONCURRENCY", "4,32").split(",")]
+CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_USER_CONCURRENCY", "4,8,16").split(",")]
+# Binds at each depth before the measured runs: the first requests of a process pay for
+# compiling statements and filling caches.
+WARM_UP_BINDS = 300
+ROUNDS = 3  # turns of depth 1 and depth 1,000 per concurrency (rates are their medians)
 
 
 def _pct(samples: list[float], pct: float) -> float:
@@ -243,7 +248,7 @@ async def _run(database_url: str, workdir: Path) -> None:
     reads = _env("BENCH_USER_READS", 500)
     db = Database(database_url)
     await migrate(db, MIGRATIONS)
-    seed = Seed(size, depth, 2 * len(CONCURRENCIES) * binds)
+    seed = Seed(size, depth, 2 * len(CONCURRENCIES) * (binds + ROUNDS) + 2 * WARM_UP_BINDS)
     started = time.perf_counter()
     await seed.load(db)
     print(
@@ -350,31 +355,58 @@ async def _measure(client: _Client, seed: Seed, binds: int, reads: int, pid: int
         assert status == 200
     fresh = iter(seed.fresh_users)
     deep_child = 0  # a user bound under the chain tip: depth 1001
+
+    def binder(name: str, count: int) -> Callable[[int], Awaitable[None]]:
+        nonlocal deep_child
+        users, code = [next(fresh) for _ in range(count)], seed.codes[name]
+        if name == "depth1000" and not deep_child:
+            deep_child = users[0]  # bound by the warm-up
+
+        async def bind(index: int) -> None:
+            body = {"user_id": str(users[index]), "promoter_code": code, "source": "link"}
+            status, answer = await client.post("/api/v1/relations/bind", body)
+            assert status == 200, answer
+
+        return bind
+
+    for name in ("depth1", "depth1000"):
+        await _timed(WARM_UP_BINDS, CONCURRENCIES[0], binder(name, WARM_UP_BINDS))
     ratios = []
     for concurrency in CONCURRENCIES:
-        rates = {}
+        # Depth 1 and depth 1,000 take turns, ROUNDS times: this machine's speed drifts by
+        # tens of percent from one minute to the next, and the ratio must not measure that.
+        runs: dict[str, list[tuple[float, float, float]]] = {"depth1": [], "depth1000": []}
+        samples: dict[str, list[float]] = {"depth1": [], "depth1000": []}
+        per_round = max(binds // ROUNDS, 1)
+        for _ in range(ROUNDS):
+            for name in ("depth1", "depth1000"):
+                bind = binder(name, per_round)
+                service_before, client_before = _cpu_seconds(pid), time.process_time()
+                elapsed, latencies = await _timed(per_round, concurrency, bind)
+                runs[name].append(
+                    (
+                        per_round / elapsed,
+                        (_cpu_seconds(pid) - service_before) / per_round * 1000,
+                        (time.process_time() - client_before) / per_round * 1000,
+                    )
+                )
+                samples[name] += latencies
         for name in ("depth1", "depth1000"):
-            batch = [next(fresh) for _ in range(binds)]
-            deep_child = deep_child or (batch[0] if name == "depth1000" else 0)
-            code = seed.codes[name]
-
-            async def bind(index: int, batch: list[int] = batch, code: str = code) -> None:
-                body = {"user_id": str(batch[index]), "promoter_code": code, "source": "link"}
-                status, answer = await client.post("/api/v1/relations/bind", body)
-                assert status == 200, answer
-
-            cpu_before = _cpu_seconds(pid)
-            elapsed, samples = await _timed(binds, concurrency, bind)
-            cpu = (_cpu_seconds(pid) - cpu_before) / binds * 1000
-            rates[name] = binds / elapsed
+            rate, service_cpu, client_cpu = (
+                statistics.median(r[i] for r in runs[name]) for i in range(3)
+            )
             print(
-                f"bind at {name:<9} x{concurrency:<3} {binds / elapsed:7.0f} binds/s  "
-                + _line("", samples).strip()
-                + f"  service CPU {cpu:.3f} ms/bind",
+                f"bind at {name:<9} x{concurrency:<3} {rate:7.0f} binds/s  "
+                + _line("", samples[name]).strip()
+                + f"  CPU per bind: service {service_cpu:.3f} ms, client {client_cpu:.3f} ms",
                 flush=True,
             )
-        ratios.append(f"x{concurrency}: {rates['depth1000'] / rates['depth1']:.2f}")
-    print("bind throughput depth 1000 / depth 1: " + ", ".join(ratios))
+        turns = [
+            deep[0] / shallow[0]
+            for shallow, deep in zip(runs["depth1"], runs["depth1000"], strict=True)
+        ]
+        ratios.append(f"x{concurrency}: {statistics.median(turns):.2f}")
+    print("bind throughput depth 1000 / depth 1 (median of the turns): " + ", ".join(ratios))
 
     async def ancestors(_: int) -> None:
         status, answer = await client.get(f"/api/v1/relations/{deep_child}/ancestors", levels=1000)
@@ -394,9 +426,9 @@ async def _measure(client: _Client, seed: Seed, binds: int, reads: int, pid: int
         ("GET team of the tree's root (HTTP)", team),
     ):
         cpu_before = _cpu_seconds(pid)
-        _, samples = await _timed(reads, 1, call)
+        _, latencies = await _timed(reads, 1, call)
         cpu = (_cpu_seconds(pid) - cpu_before) / reads * 1000
-        print(_line(label, samples) + f"  service CPU {cpu:.3f} ms/request")
+        print(_line(label, latencies) + f"  service CPU {cpu:.3f} ms/request")
 
 
 async def _mysql_database(server_url: str) -> tuple[str, str]:

@@ -76,6 +76,9 @@ class _Measure:
 
     def __init__(self, app: ASGIApp, service: str, router_app: Any) -> None:
         self.app, self.service, self.router_app = app, service, router_app
+        # The labelled series per (method, template, status): looking a series up by its
+        # labels costs more than counting, and there are only so many routes and statuses.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,12 +96,16 @@ class _Measure:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            path = _template_of(scope, self.router_app)
-            method = scope["method"]
-            REQUEST_COUNT.labels(self.service, method, path, str(status)).inc()
-            REQUEST_DURATION.labels(self.service, method, path).observe(
-                time.perf_counter() - started
-            )
+            key = (scope["method"], _template_of(scope, self.router_app), status)
+            series = self._series.get(key)
+            if series is None:
+                method, path, _ = key
+                series = self._series[key] = (
+                    REQUEST_COUNT.labels(self.service, method, path, str(status)),
+                    REQUEST_DURATION.labels(self.service, method, path),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
 
 
 def install_metrics(app: FastAPI, service: str) -> None:

@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 
 from libs.common.db.common_tables import COMMON_MIGRATION
 from libs.common.db.migrations import Migration, MigrationContext
-from services.user.models import SHARDED, main_metadata, users
+from services.user.models import PATH_HEAD_LENGTH, SHARDED, main_metadata, relations, users
 from services.user.pii import pii_metadata
 
 
@@ -57,8 +57,29 @@ async def _pii_at_rest(ctx: MigrationContext) -> None:
                         await conn.run_sync(create)
 
 
+async def _bounded_path_index(ctx: MigrationContext) -> None:
+    """SQLite: the subtree index holds the first 255 characters of a path, not the whole of
+    it (MySQL/MariaDB already index that prefix: nothing to do there)."""
+    if not ctx.db.is_sqlite:
+        return
+    for url, shards in ctx.db.shards_by_url().items():
+        async with ctx.db.engine_for_url(url).begin() as conn:
+            for shard in shards:
+                name = relations.for_shard(shard).name
+                await conn.execute(text(f"DROP INDEX IF EXISTS ix_{name}_path"))
+                await conn.execute(
+                    text(
+                        f"CREATE INDEX IF NOT EXISTS ix_{name}_path_head "
+                        f"ON {name} (substr(path, 1, {PATH_HEAD_LENGTH}))"
+                    )
+                )
+
+
 MIGRATIONS: list[Migration] = [
     COMMON_MIGRATION,
     Migration(2, "users, promoters, relation tree, team counts, bind history, jobs", _user_tables),
     Migration(3, "personal data sealed at rest, phone blind index", _pii_at_rest),
+    Migration(
+        4, "SQLite: subtree index on the first 255 characters of a path", _bounded_path_index
+    ),
 ]

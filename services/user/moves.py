@@ -23,7 +23,7 @@ from libs.common.errors import NotFound
 from libs.common.ids import SHARD_COUNT, IdGenerator, shard_of
 from libs.common.messaging.outbox import utcnow
 from services.user.binding import Attached, attach
-from services.user.models import move_jobs, relations, team_counts
+from services.user.models import PATH_HEAD_LENGTH, move_jobs, path_head, relations, team_counts
 from services.user.relations import (
     RUNNING,
     active_rewrites,
@@ -87,6 +87,7 @@ async def run_move_batch(db: Database, batch_size: int = 500) -> bool:
         if job is None:
             return False
         old_prefix, new_prefix = job["old_prefix"], job["new_prefix"]
+        upper = _upper_bound(old_prefix)
         rewritten = 0
         for shard in range(SHARD_COUNT):
             if rewritten >= batch_size:
@@ -96,7 +97,13 @@ async def run_move_batch(db: Database, batch_size: int = 500) -> bool:
             rows = (
                 await conn.execute(
                     select(table.c.user_id, table.c.path, table.c.level)
-                    .where(table.c.path >= old_prefix, table.c.path < _upper_bound(old_prefix))
+                    .where(
+                        # The indexed head narrows the scan (SQLite), the whole path decides.
+                        path_head(table.c.path) >= old_prefix[:PATH_HEAD_LENGTH],
+                        path_head(table.c.path) <= upper[:PATH_HEAD_LENGTH],
+                        table.c.path >= old_prefix,
+                        table.c.path < upper,
+                    )
                     .limit(batch_size - rewritten)
                 )
             ).all()

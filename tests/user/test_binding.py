@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy.engine import Connection
 
-from libs.common.db.engine import Tx
+from libs.common.db.engine import Database, Tx
+from libs.common.db.migrations import migrate
 from libs.common.errors import TuikeError
-from libs.common.ids import shard_of
-from services.user import promoters, relations
+from libs.common.ids import SHARD_COUNT, shard_of
+from services.user import paths, promoters, relations
 from services.user.history import get_history
+from services.user.migrations import MIGRATIONS
 from services.user.models import bind_history, users
+from services.user.models import relations as relations_table
 from tests.user.conftest import UserWorld
 
 
@@ -202,3 +207,68 @@ async def test_first_bind_of_a_promoter_with_a_team_carries_the_team(world: User
     await world.finish_moves()
     relation = await relations.get_relation(world.db, buyer, _now())
     assert relation["root_id"] == top and relation["level"] == 4
+
+
+async def test_moving_a_subtree_deeper_than_the_indexed_head_of_paths(world: UserWorld) -> None:
+    """Subtree scans find rows by the first 255 characters of their path: below ~18 levels
+    every path of a chain shares those, and only the whole path decides what moves."""
+    chain = [await world.promoter(f"deep-{i}") for i in range(30)]
+    for (_, parent_code), (child, _) in itertools.pairwise(chain):
+        await world.bind(child, parent_code)
+    # Two sibling subtrees at depth 30, both past the head: only the moved one changes.
+    moved, moved_code = await world.promoter("moved")
+    stays, stays_code = await world.promoter("stays")
+    await world.bind(moved, chain[-1][1])
+    await world.bind(stays, chain[-1][1])
+    below_moved = [await world.user(f"below-moved-{i}") for i in range(5)]
+    below_stays = [await world.user(f"below-stays-{i}") for i in range(5)]
+    for user_id in below_moved:
+        await world.bind(user_id, moved_code)
+    for user_id in below_stays:
+        await world.bind(user_id, stays_code)
+    _, old_path = await relations.read_path(world.db, below_moved[0])
+    assert len(old_path) > 255
+
+    new_parent = chain[2][0]
+    await world.move(moved, new_parent)
+    assert await world.finish_moves(batch_size=2) >= 1
+    async with world.db.read(may_lag=False) as conn:
+        for user_id in below_moved:
+            row = await relations.load_relation(conn, user_id)
+            assert row is not None
+            expected = [c for c, _ in chain[:3]] + [moved, user_id]
+            assert paths.ids_of(row["path"]) == expected
+            assert row["level"] == 5 and row["root_id"] == chain[0][0]
+        for user_id in below_stays:
+            row = await relations.load_relation(conn, user_id)
+            assert row is not None
+            assert paths.ids_of(row["path"]) == [c for c, _ in chain] + [stays, user_id]
+            assert row["level"] == 32
+
+
+async def test_sqlite_databases_from_before_get_the_bounded_path_index(db: Database) -> None:
+    await migrate(db, MIGRATIONS[:3])
+    if db.is_sqlite:  # as version 3 left it: whole paths indexed
+        async with db.primary.begin() as conn:
+            for shard in range(SHARD_COUNT):
+                name = relations_table.for_shard(shard).name
+                await conn.execute(text(f"DROP INDEX ix_{name}_path_head"))
+                await conn.execute(text(f"CREATE INDEX ix_{name}_path ON {name} (path)"))
+    assert await migrate(db, MIGRATIONS) == [4]
+
+    def indexes(sync: Connection) -> dict[str, set[str]]:
+        tables = [relations_table.for_shard(n).name for n in range(SHARD_COUNT)]
+        if db.is_sqlite:  # SQLAlchemy does not reflect expression indexes
+            listed = sync.execute(
+                text("SELECT tbl_name, name FROM sqlite_master WHERE type = 'index'")
+            ).all()
+            return {t: {str(n) for table, n in listed if table == t} for t in tables}
+        inspector = inspect(sync)
+        return {t: {str(i["name"]) for i in inspector.get_indexes(t)} for t in tables}
+
+    async with db.primary.connect() as conn:
+        found = await conn.run_sync(indexes)
+    for name, names in found.items():
+        kept = f"ix_{name}_path_head" if db.is_sqlite else f"ix_{name}_path"
+        gone = f"ix_{name}_path" if db.is_sqlite else f"ix_{name}_path_head"
+        assert kept in names and gone not in names, (name, names)
