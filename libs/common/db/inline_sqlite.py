@@ -288,16 +288,22 @@ class InlineConnection:
         if lock is not None:
             lock.release()
 
-    async def _retry_busy(self, function: Callable[..., T], *args: Any) -> T:
+    async def _retry_busy(
+        self, function: Callable[..., T], *args: Any, in_transaction_too: bool = False
+    ) -> T:
         """Run ``function``; while another process holds the lock it needs, sleep and retry
-        (SQLite's busy handler, without blocking the loop)."""
+        (SQLite's busy handler, without blocking the loop). Inside a transaction only for a
+        commit: a statement of a read transaction that finds the lock taken cannot wait it
+        out (its snapshot is stale once the writer commits), so it fails at once, as SQLite's
+        own busy handler lets it, and the whole transaction is retried."""
         deadline = None
         sleep = _FIRST_SLEEP
         while True:
+            may_wait = in_transaction_too or not self._conn.in_transaction
             try:
                 return function(*args)
             except sqlite3.OperationalError as error:
-                if not _is_busy(error):
+                if not _is_busy(error) or not may_wait:
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + self._timeout
@@ -314,7 +320,7 @@ class InlineConnection:
 
     async def commit(self) -> None:
         try:
-            await self._retry_busy(self._conn.commit)
+            await self._retry_busy(self._conn.commit, in_transaction_too=True)
         finally:
             if not self._conn.in_transaction:
                 self._give_back_writer_lock()
