@@ -148,16 +148,22 @@ def _hold_write_lock(path: Path, seconds: float, started: threading.Event) -> No
     other.close()
 
 
+async def _lock_held_elsewhere(path: Path, seconds: float) -> threading.Thread:
+    """A thread holding the file's write lock for ``seconds``, once it holds it."""
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, seconds, started))
+    holder.start()
+    await asyncio.to_thread(started.wait, 5)
+    return holder
+
+
 async def test_a_lock_held_elsewhere_is_waited_for_without_blocking_the_loop(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "held.db"
     db = Database(f"sqlite+aiosqlite:///{path}")
     await migrate(db, MIGRATIONS)
-    started = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(path, 0.6, started))
-    holder.start()
-    await asyncio.to_thread(started.wait, 5)
+    holder = await _lock_held_elsewhere(path, 0.6)
     ticks = 0
 
     async def ticker() -> None:
@@ -205,10 +211,7 @@ async def test_writers_in_one_process_queue_and_a_lock_never_released_is_reporte
 
     # A lock held elsewhere past the wait: the error SQLite gives, after the wait, not before.
     connection = await InlineConnection.open(str(path), lock_wait_seconds=0.3)
-    started = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(path, 1.0, started))
-    holder.start()
-    await asyncio.to_thread(started.wait, 5)
+    holder = await _lock_held_elsewhere(path, 1.0)
     began = time.monotonic()
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         await connection.execute("BEGIN IMMEDIATE")

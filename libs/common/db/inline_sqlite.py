@@ -20,7 +20,7 @@ Checkpoints (copying the write-ahead log back into the database file, with an fs
 otherwise fall to whichever commit crosses the log's size limit, a stall of several ms in one
 request of a few hundred. Inline connections turn automatic checkpoints off and a task per
 file does them in the background (``Checkpointer``), on worker threads, where SQLite works
-without the interpreter lock. Other processes on the file keep SQLite's automatic checkpoints.
+without the interpreter lock. Each process with inline connections to a file runs its own.
 
 SQLAlchemy wraps the connection as it wraps aiosqlite's (``async_creator`` of the engine);
 this module provides the part of aiosqlite's interface that wrapper uses.
