@@ -61,7 +61,9 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def _make_engine(url: str, *, write: bool, echo: bool) -> AsyncEngine:
+def _make_engine(
+    url: str, *, write: bool, echo: bool, lock_wait_seconds: float = 30.0
+) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         options: dict[str, Any] = {"connect_args": {"timeout": 30}}
@@ -71,7 +73,7 @@ def _make_engine(url: str, *, write: bool, echo: bool) -> AsyncEngine:
             path = parsed.database
 
             async def open_inline() -> InlineConnection:
-                return await InlineConnection.open(path, lock_wait_seconds=30)
+                return await InlineConnection.open(path, lock_wait_seconds=lock_wait_seconds)
 
             options, inline = {"async_creator": open_inline}, True
         # LIFO: the connection used last is used next, and its page cache is still valid; a
@@ -174,6 +176,7 @@ class Database:
         echo: bool = False,
         max_attempts: int = 8,
         min_retry_seconds: float = 5.0,
+        lock_wait_seconds: float = 30.0,
     ) -> None:
         self.url = url
         self.shard_map = {int(k): v for k, v in (shard_map or {}).items()}
@@ -181,6 +184,8 @@ class Database:
         self.max_attempts = max_attempts
         self._shards_by_url: dict[str, list[int]] | None = None
         self.min_retry_seconds = min_retry_seconds
+        # SQLite: how long one statement waits for a write lock another process holds.
+        self.lock_wait_seconds = lock_wait_seconds
         self._engines: dict[str, AsyncEngine] = {}
         # Called after a commit that wrote outbox rows (the relay wakes up at once).
         self.outbox_listeners: list[Callable[[], Awaitable[None]]] = []
@@ -190,7 +195,9 @@ class Database:
         self.dialect = self.primary.dialect.name
         self.primary_reader = self.reader_for_url(url)
         if replica_url:
-            self.reader = _make_engine(replica_url, write=False, echo=echo)
+            self.reader = _make_engine(
+                replica_url, write=False, echo=echo, lock_wait_seconds=lock_wait_seconds
+            )
         else:
             self.reader = self.primary_reader
 
@@ -201,7 +208,9 @@ class Database:
     def engine_for_url(self, url: str) -> AsyncEngine:
         engine = self._engines.get(url)
         if engine is None:
-            engine = _make_engine(url, write=True, echo=self.echo)
+            engine = _make_engine(
+                url, write=True, echo=self.echo, lock_wait_seconds=self.lock_wait_seconds
+            )
             self._engines[url] = engine
         return engine
 
@@ -211,7 +220,9 @@ class Database:
             return self.engine_for_url(url)
         engine = self._readers.get(url)
         if engine is None:
-            engine = _make_engine(url, write=False, echo=self.echo)
+            engine = _make_engine(
+                url, write=False, echo=self.echo, lock_wait_seconds=self.lock_wait_seconds
+            )
             self._readers[url] = engine
         return engine
 
