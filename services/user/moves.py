@@ -103,6 +103,8 @@ async def run_move_batch(db: Database, batch_size: int = 500) -> bool:
                         path_head(table.c.path) <= upper[:PATH_HEAD_LENGTH],
                         table.c.path >= old_prefix,
                         table.c.path < upper,
+                        # A row written after the job began has its new path already.
+                        table.c.bound_at < job["created_at"],
                     )
                     .limit(batch_size - rewritten)
                 )
@@ -111,7 +113,11 @@ async def run_move_batch(db: Database, batch_size: int = 500) -> bool:
                 continue
             result = await conn.execute(
                 update(table)
-                .where(table.c.user_id == bindparam("key"), table.c.path == bindparam("old"))
+                .where(
+                    table.c.user_id == bindparam("key"),
+                    table.c.path == bindparam("old"),
+                    table.c.bound_at < job["created_at"],
+                )
                 .values(
                     path=bindparam("new"),
                     level=bindparam("new_level"),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -21,17 +21,26 @@ from services.user.users import require_user
 RUNNING = "running"
 
 
+class Rewrite(NamedTuple):
+    """A running move job: stored paths under ``old_prefix`` written before ``created_at``
+    read as under ``new_prefix``."""
+
+    old_prefix: str
+    new_prefix: str
+    created_at: datetime
+
+
 _ACTIVE_REWRITES = Prepared(
-    select(move_jobs.c.old_prefix, move_jobs.c.new_prefix)
+    select(move_jobs.c.old_prefix, move_jobs.c.new_prefix, move_jobs.c.created_at)
     .where(move_jobs.c.status == bindparam("status"))
     .order_by(move_jobs.c.id)
 )
 
 
-async def active_rewrites(main: AsyncConnection) -> list[tuple[str, str]]:
+async def active_rewrites(main: AsyncConnection) -> list[Rewrite]:
     """Subtree moves whose job is still rewriting paths, oldest first (normally none)."""
     rows = await _ACTIVE_REWRITES.rows(main, {"status": RUNNING})
-    return [(row["old_prefix"], row["new_prefix"]) for row in rows]
+    return [Rewrite(row["old_prefix"], row["new_prefix"], row["created_at"]) for row in rows]
 
 
 async def load_relation(conn: AsyncConnection, user_id: int) -> dict[str, Any] | None:
@@ -45,13 +54,19 @@ def is_active(relation: dict[str, Any] | None, now: datetime) -> bool:
     return relation is not None and (relation["expires_at"] is None or relation["expires_at"] > now)
 
 
-def effective_path(
-    user_id: int, relation: dict[str, Any] | None, rewrites: list[tuple[str, str]]
-) -> str:
-    """The user's path as it is (or will be, once running move jobs are through)."""
+def effective_path(user_id: int, relation: dict[str, Any] | None, rewrites: list[Rewrite]) -> str:
+    """The user's path as it is (or will be, once running move jobs are through).
+
+    A job rewrites only rows written before it was created: a path written later was
+    computed with the job's move already applied, and may even start with the job's old
+    prefix again (a user moved back where it was) without being stale."""
     if relation is None:
         return paths.root_path(user_id)
-    return paths.rewrite(relation["path"], rewrites)
+    written_at = relation["bound_at"]
+    return paths.rewrite(
+        relation["path"],
+        [(r.old_prefix, r.new_prefix) for r in rewrites if r.created_at > written_at],
+    )
 
 
 def ancestors_of(path: str, levels: int) -> list[int]:

@@ -272,3 +272,32 @@ async def test_sqlite_databases_from_before_get_the_bounded_path_index(db: Datab
         kept = f"ix_{name}_path_head" if db.is_sqlite else f"ix_{name}_path"
         gone = f"ix_{name}_path" if db.is_sqlite else f"ix_{name}_path_head"
         assert kept in names and gone not in names, (name, names)
+
+
+async def test_a_user_moved_back_while_its_old_move_is_pending_keeps_its_path(
+    world: UserWorld,
+) -> None:
+    """Hypothesis found it: a job that rewrites ``,b,c,`` → ``,a,c,`` must not rewrite c's
+    row once c is bound under b again (written after the job, with the prefix anew)."""
+    await world.configure(bind_mode="override")
+    (a, a_code), (b, b_code), (c, c_code), (d, _) = [
+        await world.promoter(f"back-{n}") for n in range(4)
+    ]
+    await world.bind(d, c_code)  # c has a team: its moves start jobs
+    await world.bind(c, b_code)  # job 1: ,c, → ,b,c,
+    await world.bind(c, a_code)  # job 2: ,b,c, → ,a,c,
+    await world.bind(d, a_code)  # c's team leaves
+    await world.bind(c, b_code)  # c is back at ,b,c, while job 2 still runs
+    expected = {a: [a], b: [b], c: [b, c], d: [a, d]}
+
+    async def check() -> None:
+        for user_id, chain in expected.items():
+            _, path = await relations.read_path(world.db, user_id)
+            assert paths.ids_of(path) == chain, user_id
+
+    await check()
+    await world.finish_moves()
+    await check()
+    async with world.db.read(may_lag=False) as conn:
+        stored = await relations.load_relation(conn, c)
+    assert stored is not None and paths.ids_of(stored["path"]) == [b, c]
