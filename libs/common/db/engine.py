@@ -66,8 +66,7 @@ def _make_engine(
 ) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        options: dict[str, Any] = {"connect_args": {"timeout": 30}}
-        inline = False
+        options: dict[str, Any] = {"connect_args": {"timeout": 30}}  # :memory: keeps aiosqlite
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             path = parsed.database
@@ -75,7 +74,8 @@ def _make_engine(
             async def open_inline() -> InlineConnection:
                 return await InlineConnection.open(path, lock_wait_seconds=lock_wait_seconds)
 
-            options, inline = {"async_creator": open_inline}, True
+            options = {"async_creator": open_inline}
+        inline = "async_creator" in options
         # LIFO: the connection used last is used next, and its page cache is still valid; a
         # connection whose cache went stale (another connection wrote) reads its pages again.
         engine = create_async_engine(

@@ -9,23 +9,27 @@ from sqlalchemy import Insert, Table
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
 
 from libs.common.db.prepared import Prepared
 
-# Built once per table, dialect and columns: building and compiling the statement costs more
-# than running it.
+# Built once per table, dialect and columns (a plain INSERT is the same on every dialect):
+# building and compiling the statement costs more than running it.
 _PREPARED: dict[tuple[Any, ...], Prepared] = {}
+
+
+def _prepared(key: tuple[Any, ...], build: Callable[[], Executable]) -> Prepared:
+    prepared = _PREPARED.get(key)
+    if prepared is None:
+        prepared = _PREPARED[key] = Prepared(build())
+    return prepared
 
 
 async def insert_rows(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
     """Insert rows (all with the same columns); a key collision is an error."""
     if not rows:
         return 0
-    key = ("insert", table, conn.dialect.name)
-    prepared = _PREPARED.get(key)
-    if prepared is None:
-        prepared = _PREPARED[key] = Prepared(table.insert())
-    return await prepared.execute(conn, rows)
+    return await _prepared(("insert", table), table.insert).execute(conn, rows)
 
 
 async def insert_ignore(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
@@ -36,16 +40,14 @@ async def insert_ignore(conn: AsyncConnection, table: Table, rows: Sequence[dict
     """
     if not rows:
         return 0
-    key = ("ignore", table, conn.dialect.name)
-    prepared = _PREPARED.get(key)
-    if prepared is None:
-        statement: Insert
-        if conn.dialect.name == "sqlite":
-            statement = sqlite_insert(table).on_conflict_do_nothing()
-        else:
-            statement = mysql_insert(table).prefix_with("IGNORE")
-        prepared = _PREPARED[key] = Prepared(statement)
-    return await prepared.execute(conn, rows)
+    dialect = conn.dialect.name
+
+    def build() -> Insert:
+        if dialect == "sqlite":
+            return sqlite_insert(table).on_conflict_do_nothing()
+        return mysql_insert(table).prefix_with("IGNORE")
+
+    return await _prepared(("ignore", table, dialect), build).execute(conn, rows)
 
 
 async def _upsert(
@@ -61,22 +63,22 @@ async def _upsert(
     ``new_value(column, incoming)``, ``incoming`` being the colliding row's value."""
     if not rows:
         return
-    key = (mode, table, conn.dialect.name, tuple(key_columns), tuple(columns))
-    prepared = _PREPARED.get(key)
-    if prepared is None:
-        if conn.dialect.name == "sqlite":
+    dialect = conn.dialect.name
+
+    def build() -> Any:
+        if dialect == "sqlite":
             sqlite_statement = sqlite_insert(table)
-            statement: Any = sqlite_statement.on_conflict_do_update(
+            return sqlite_statement.on_conflict_do_update(
                 index_elements=list(key_columns),
                 set_={c: new_value(c, sqlite_statement.excluded[c]) for c in columns},
             )
-        else:
-            mysql_statement = mysql_insert(table)
-            statement = mysql_statement.on_duplicate_key_update(
-                {c: new_value(c, mysql_statement.inserted[c]) for c in columns}
-            )
-        prepared = _PREPARED[key] = Prepared(statement)
-    await prepared.execute(conn, rows)
+        mysql_statement = mysql_insert(table)
+        return mysql_statement.on_duplicate_key_update(
+            {c: new_value(c, mysql_statement.inserted[c]) for c in columns}
+        )
+
+    key = (mode, table, dialect, tuple(key_columns), tuple(columns))
+    await _prepared(key, build).execute(conn, rows)
 
 
 async def upsert_add(
