@@ -98,7 +98,7 @@ def plan_attach(
         "user_id": user_id,
         "parent_id": parent_id,
         "root_id": paths.first_id(new_path),
-        "level": paths.depth_of(new_path),
+        "level": paths.depth_of_cached(parent_path) + 1,
         "path": new_path,
         "bound_at": now,
         "bind_source": source,
@@ -270,7 +270,11 @@ async def apply_plans(
         job_id = await _start_move_job(tx, ids, plan, now) if plan.moves_a_team else None
         events.append(_event(plan, history_id, now))
         attached.append(
-            Attached(relation_view(plan.user_id, plan.row, plan.new_path, now), True, job_id)
+            Attached(
+                relation_view(plan.user_id, plan.row, plan.new_path, now, plan.row["level"]),
+                True,
+                job_id,
+            )
         )
     await publish(tx, USER_EVENTS, *events)
     return attached

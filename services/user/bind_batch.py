@@ -198,6 +198,10 @@ class BindQueue:
 
     async def _drain(self) -> None:
         while self._waiting:
+            # One turn of the loop first: the callers answered by the last batch get their
+            # responses out, and requests already in the sockets join this batch instead of
+            # waiting a whole transaction for the next one.
+            await asyncio.sleep(0)
             batch = self._waiting[: self._max_batch]
             del self._waiting[: len(batch)]
             try:

@@ -48,6 +48,13 @@ def depth_of(path: str) -> int:
     return path.count(",") - 1
 
 
+@lru_cache(maxsize=512)
+def depth_of_cached(path: str) -> int:
+    """``depth_of`` for a path read again and again (a promoter's, under whom a batch binds):
+    counted once per path."""
+    return depth_of(path)
+
+
 def child_path(parent_path: str, user_id: int) -> str:
     return f"{parent_path}{encode_id(user_id)},"
 

@@ -75,15 +75,21 @@ def ancestors_of(path: str, levels: int) -> list[int]:
 
 
 def relation_view(
-    user_id: int, relation: dict[str, Any] | None, path: str, now: datetime
+    user_id: int,
+    relation: dict[str, Any] | None,
+    path: str,
+    now: datetime,
+    level: int | None = None,
 ) -> dict[str, Any]:
-    """The relation as the API shows it; a user bound under nobody is a root of itself."""
+    """The relation as the API shows it; a user bound under nobody is a root of itself.
+    ``level`` is the path's depth when the caller knows it (counting a deep path's commas
+    costs more than the rest of the view)."""
     parent = paths.nearest_ancestors(path, 1)
     return {
         "user_id": user_id,
         "parent_id": parent[0] if parent else None,
         "root_id": paths.first_id(path),
-        "level": paths.depth_of(path),
+        "level": paths.depth_of(path) if level is None else level,
         "path": paths.decimal_path(path),
         "bound_at": relation["bound_at"] if relation else None,
         "bind_source": relation["bind_source"] if relation else None,

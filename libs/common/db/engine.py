@@ -6,6 +6,7 @@ One request or one message is one transaction, committed here at the edge
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.util import await_only, greenlet_spawn
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -41,6 +43,9 @@ def _datetime_with_microseconds(type_: DateTime, compiler: Any, **kw: Any) -> st
 
 
 T = TypeVar("T")
+
+# The wait before the second attempt (the first of the retry loop, which waits between its own).
+_FIRST_RETRY_SECONDS = 0.01
 
 # MySQL/MariaDB: deadlock, lock wait timeout, server gone, lost connection, can't connect.
 _MYSQL_RETRYABLE = {1213, 1205, 2006, 2013, 2003}
@@ -100,7 +105,13 @@ def _make_engine(
         def _on_begin(conn: Any) -> None:
             # SQLite has one writer: take the write lock up front so two transactions never
             # both read and then deadlock upgrading; readers use a deferred BEGIN.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            driver = conn.connection.driver_connection
+            if isinstance(driver, InlineConnection):
+                # Straight to the driver: SQLAlchemy's statement machinery for a BEGIN cost
+                # as much as an insert.
+                await_only(driver.begin(immediate=write))
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     return create_async_engine(
@@ -125,14 +136,10 @@ class Tx:
     async def _open(self, url: str) -> AsyncConnection:
         conn = self._connections.get(url)
         if conn is None:
-            conn = await self.db.engine_for_url(url).connect()
-            try:
-                await conn.begin()
-            except BaseException:
-                # A busy SQLite file or a lost server fails the BEGIN: give the connection
-                # back, or every retry would leak one.
-                await conn.close()
-                raise
+            engine = self.db.engine_for_url(url)
+            # Checkout and BEGIN in one hop into SQLAlchemy's sync layer (each hop costs a
+            # greenlet, more than a small SQLite statement).
+            conn = AsyncConnection(engine, await greenlet_spawn(_connect_and_begin, engine))
             self._connections[url] = conn
         return conn
 
@@ -151,17 +158,40 @@ class Tx:
     async def _finish(self, commit: bool) -> None:
         # Shards first, main last: the main database holds the index rows that claim a value,
         # so a crash between the two leaves a claim that a retry resolves, never a lost claim.
-        ordered = sorted(self._connections.items(), key=lambda item: item[0] == self.db.url)
-        try:
-            for _, conn in ordered:
-                if commit:
-                    await conn.commit()
-                else:
-                    await conn.rollback()
-        finally:
-            for _, conn in ordered:
-                await conn.close()
-            self._connections.clear()
+        ordered = [
+            conn.sync_connection
+            for _, conn in sorted(self._connections.items(), key=lambda i: i[0] == self.db.url)
+        ]
+        self._connections.clear()
+        await greenlet_spawn(_end_and_close, ordered, commit)
+
+
+def _connect_and_begin(engine: AsyncEngine) -> Connection:
+    conn = engine.sync_engine.connect()
+    try:
+        conn.begin()
+    except BaseException:
+        # A busy SQLite file or a lost server fails the BEGIN: give the connection back, or
+        # every retry would leak one.
+        conn.close()
+        raise
+    return conn
+
+
+def _end_and_close(connections: list[Connection | None], commit: bool) -> None:
+    """Commit (or roll back) each connection in order, then give them all back to the pool:
+    a failed commit leaves the later ones uncommitted (closing rolls them back)."""
+    try:
+        for conn in connections:
+            assert conn is not None
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+    finally:
+        for conn in connections:
+            assert conn is not None
+            conn.close()
 
 
 class Database:
@@ -253,32 +283,43 @@ class Database:
     async def run(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``work`` in one transaction and commit it; retry it whole when the database
         is busy (SQLite) or reports a deadlock or a lost connection (MySQL)."""
+        # Most transactions succeed at once: the first attempt runs without building the
+        # retry machinery, which costs more than an empty SQLite transaction.
+        try:
+            return await self._attempt(work)
+        except BaseException as error:
+            if not is_retryable(error):
+                raise
+        await asyncio.sleep(_FIRST_RETRY_SECONDS)
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_retryable),
             # Both: a busy SQLite file clears in a few quick attempts, a MySQL failover or a
             # dropped connection takes seconds; only then is the caller told (503).
             stop=stop_all(
-                stop_after_attempt(self.max_attempts), stop_after_delay(self.min_retry_seconds)
+                stop_after_attempt(self.max_attempts - 1), stop_after_delay(self.min_retry_seconds)
             ),
             wait=wait_exponential_jitter(multiplier=0.01, max=1.0, jitter=0.05),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                tx = Tx(self)
-                try:
-                    result = await work(tx)
-                except BaseException:
-                    await tx._finish(commit=False)
-                    raise
-                await tx._finish(commit=True)
-                for callback in tx._after_commit:
-                    try:
-                        await callback()
-                    except Exception:
-                        log.exception("after-commit callback failed")
-                return result
+                return await self._attempt(work)
         raise AssertionError("unreachable")
+
+    async def _attempt(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        tx = Tx(self)
+        try:
+            result = await work(tx)
+        except BaseException:
+            await tx._finish(commit=False)
+            raise
+        await tx._finish(commit=True)
+        for callback in tx._after_commit:
+            try:
+                await callback()
+            except Exception:
+                log.exception("after-commit callback failed")
+        return result
 
     @asynccontextmanager
     async def read(self, *, may_lag: bool = True) -> AsyncIterator[AsyncConnection]:

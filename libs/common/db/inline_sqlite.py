@@ -251,6 +251,9 @@ class InlineConnection:
         self._timeout = timeout
         self._tx = _InlineQueue(conn)
         self._writer: asyncio.Lock | None = None  # held from BEGIN IMMEDIATE to its end
+        # The file's writer lock for the loop this connection last wrote from, looked up once.
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._connection: sqlite3.Connection | None = conn  # aiosqlite's "still open" flag
         self._checkpointer: Checkpointer | None = None
 
@@ -279,8 +282,21 @@ class InlineConnection:
 
     async def _take_writer_lock(self) -> None:
         if self._writer is None:
-            lock = _writer_lock(self._path)
-            await asyncio.wait_for(lock.acquire(), self._timeout)
+            loop = asyncio.get_running_loop()
+            lock = self._lock
+            if lock is None or self._lock_loop is not loop:
+                lock = self._lock = _writer_lock(self._path)
+                self._lock_loop = loop
+            if lock.locked():
+                async with asyncio.timeout(self._timeout):
+                    await lock.acquire()
+            else:
+                # A free lock is taken without a timer, but after one turn of the loop: a
+                # task that writes transaction after transaction (an import, a move job)
+                # would otherwise never suspend, and starve every other task of this thread,
+                # the background checkpoints included.
+                await asyncio.sleep(0)
+                await lock.acquire()
             self._writer = lock
 
     def _give_back_writer_lock(self) -> None:
@@ -311,6 +327,18 @@ class InlineConnection:
                     raise
             await asyncio.sleep(sleep)
             sleep = min(sleep * 2, _LONGEST_SLEEP)
+
+    async def begin(self, *, immediate: bool) -> None:
+        """BEGIN, or BEGIN IMMEDIATE after taking this process's writer lock for the file."""
+        if not immediate:
+            await self._retry_busy(self._conn.execute, "BEGIN")
+            return
+        await self._take_writer_lock()
+        try:
+            await self._retry_busy(self._conn.execute, "BEGIN IMMEDIATE")
+        except BaseException:
+            self._give_back_writer_lock()
+            raise
 
     def cursor(self) -> InlineCursor:
         return InlineCursor(self)
