@@ -108,6 +108,11 @@ class _Measure:
             series[1].observe(time.perf_counter() - started)
 
 
+def measured(app: ASGIApp, service: str, router_app: Any) -> ASGIApp:
+    """``app`` behind the metrics middleware (for apps outside FastAPI's stack)."""
+    return _Measure(app, service, router_app)
+
+
 def install_metrics(app: FastAPI, service: str) -> None:
     app.add_middleware(_Measure, service=service, router_app=app.router)
 

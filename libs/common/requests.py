@@ -49,5 +49,10 @@ class _RequestId:
             request_id_var.reset(token)
 
 
+def with_request_id(app: ASGIApp) -> ASGIApp:
+    """``app`` behind the request-id middleware (for apps outside FastAPI's stack)."""
+    return _RequestId(app)
+
+
 def install_request_id(app: FastAPI) -> None:
     app.add_middleware(_RequestId)

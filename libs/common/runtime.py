@@ -28,14 +28,15 @@ from libs.common.db.engine import Database
 from libs.common.db.migrations import Migration, MigrationContext, migrate
 from libs.common.errors import install_error_handlers
 from libs.common.ids import IdGenerator, NodeLease
+from libs.common.lean_routes import LeanApp
 from libs.common.logs import configure_logging
 from libs.common.messaging.consumer import EventConsumer, Subscription, replay_dead_letters
 from libs.common.messaging.envelope import ALL_TOPICS
 from libs.common.messaging.kafka import ensure_topics, make_producer, start_with_retry
 from libs.common.messaging.outbox import OutboxRelay
-from libs.common.metrics import DEPENDENCY_UP, install_metrics
+from libs.common.metrics import DEPENDENCY_UP, install_metrics, measured
 from libs.common.redis import Cache, connect
-from libs.common.requests import install_request_id
+from libs.common.requests import install_request_id, with_request_id
 from libs.common.settings import ServiceSettings
 
 log = logging.getLogger("tuike.runtime")
@@ -203,7 +204,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = Non
             gc.unfreeze()  # an app stopped inside a longer-lived process (tests) is garbage
             await runtime.stop()
 
-    app = FastAPI(title=f"Tuike {spec.name} service", lifespan=lifespan, version="1")
+    app = LeanApp(title=f"Tuike {spec.name} service", lifespan=lifespan, version="1")
     app.state.runtime = runtime
     install_error_handlers(app)
     install_metrics(app, spec.name)
@@ -224,8 +225,11 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings | None = Non
 
     for router in spec.routers:
         app.include_router(router)
-    for route in reversed(spec.lean_routes):
-        app.router.routes.insert(0, route)
+    # A lean request passes the same request-id and metrics middlewares, nothing else.
+    app.serve_lean(
+        spec.lean_routes,
+        lambda endpoint: with_request_id(measured(endpoint, spec.name, app.router)),
+    )
     # Admins read this service's audit log (libs/common/audit.py) at /api/v1/audit/{name}.
     app.include_router(
         audit_router(spec.name, get_caller, lambda request: runtime_of(request).db.read())

@@ -237,8 +237,13 @@ def test_bind_is_served_as_its_contract_says(api: httpx.Client, stack: Any) -> N
         assert problems and all(problem["loc"][0] == "body" for problem in problems)
 
     direct = f"{stack.service_url('user')}/api/v1/relations/bind"
-    anonymous = httpx.post(direct, json={"user_id": user, "promoter_code": code})
+    anonymous = httpx.post(
+        direct,
+        json={"user_id": user, "promoter_code": code},
+        headers={"X-Request-ID": "lean-refused"},
+    )
     assert _error(anonymous) == (401, "auth.unauthenticated")
+    assert anonymous.headers["x-request-id"] == "lean-refused"
 
     request_id = f"lean-{_tag()}"
     bound = api.post(
@@ -270,6 +275,7 @@ def test_bind_is_served_as_its_contract_says(api: httpx.Client, stack: Any) -> N
     assert "/api/v1/relations/bind" in schema["paths"]
 
     metrics = httpx.get(f"{stack.service_url('user')}/metrics").text
-    assert 'path="/api/v1/relations/bind",service="user",status="200"' in metrics.replace(
-        'method="POST",', ""
-    )
+    for status in (200, 401, 422):
+        assert f'path="/api/v1/relations/bind",service="user",status="{status}"' in metrics.replace(
+            'method="POST",', ""
+        )

@@ -1,0 +1,76 @@
+"""Lean routes answer as the app's ordinary routes would: the same envelopes for refusals and
+for unexpected errors, the request id echoed, the metrics labelled by the route's template."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client import generate_latest
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from libs.common.errors import Conflict, install_error_handlers
+from libs.common.lean_routes import LeanApp, json_answer, json_body
+from libs.common.metrics import measured
+from libs.common.requests import install_request_id, with_request_id
+
+
+class Echo(BaseModel):
+    word: str
+
+
+async def _echo(request: Request) -> Response:
+    body = await json_body(request, Echo)
+    if body.word == "conflict":
+        raise Conflict("no conflicts here", code="echo.conflict")
+    if body.word == "crash":
+        raise RuntimeError("a bug")
+    return json_answer(body)
+
+
+def _app() -> LeanApp:
+    app = LeanApp()
+    install_error_handlers(app)
+    install_request_id(app)
+    routes = [Route("/api/v1/echo", _echo, methods=["POST"])]
+    app.serve_lean(routes, lambda e: with_request_id(measured(e, "lean-test", app.router)))
+    return app
+
+
+async def _post(body: object, **headers: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.post("/api/v1/echo", json=body, headers=headers)
+
+
+async def test_a_lean_route_answers_in_the_envelope() -> None:
+    ok = await _post({"word": "hello"}, **{"X-Request-ID": "r-1"})
+    assert (ok.status_code, ok.json()) == (200, {"word": "hello"})
+    assert ok.headers["x-request-id"] == "r-1"
+
+    malformed = await _post({"word": 5})
+    assert malformed.status_code == 422
+    assert malformed.json()["error"]["code"] == "request.invalid"
+    assert malformed.headers["x-request-id"]  # one was made
+
+    refused = await _post({"word": "conflict"})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "echo.conflict")
+
+    crashed = await _post({"word": "crash"}, **{"X-Request-ID": "r-2"})
+    assert (crashed.status_code, crashed.json()["error"]["code"]) == (500, "internal")
+    assert crashed.headers["x-request-id"] == "r-2"
+
+    exported = generate_latest().decode()
+    for status in (200, 409, 422, 500):
+        assert (
+            f'method="POST",path="/api/v1/echo",service="lean-test",status="{status}"' in exported
+        )
+
+
+async def test_other_methods_and_paths_go_through_fastapi() -> None:
+    transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        wrong_method = await client.get("/api/v1/echo")
+        unknown = await client.post("/api/v1/echo/more", json={"word": "x"})
+    assert wrong_method.json()["error"]["code"] == unknown.json()["error"]["code"] == "not_found"
