@@ -49,6 +49,7 @@ class Plan:
     parent_id: int
     current: dict[str, Any] | None  # the relation row as read; the write is guarded on it
     old_path: str
+    parent_path: str  # the new parent's effective path
     new_path: str
     row: dict[str, Any]  # the new relation row
     subtree: dict[str, int]  # the user's own level 1-3 counts (its team moves with it)
@@ -109,6 +110,7 @@ def plan_attach(
         parent_id=parent_id,
         current=current,
         old_path=old_path,
+        parent_path=parent_path,
         new_path=new_path,
         row=row,
         subtree=subtree,
@@ -269,13 +271,7 @@ async def apply_plans(
     for plan, history_id in zip(plans, history_ids, strict=True):
         job_id = await _start_move_job(tx, ids, plan, now) if plan.moves_a_team else None
         events.append(_event(plan, history_id, now))
-        attached.append(
-            Attached(
-                relation_view(plan.user_id, plan.row, plan.new_path, now, plan.row["level"]),
-                True,
-                job_id,
-            )
-        )
+        attached.append(Attached(_view_of_new(plan, now), True, job_id))
     await publish(tx, USER_EVENTS, *events)
     return attached
 
@@ -307,6 +303,19 @@ async def _start_move_job(tx: Tx, ids: IdGenerator, plan: Plan, now: datetime) -
     return job_id
 
 
+def _view_of_new(plan: Plan, now: datetime) -> dict[str, Any]:
+    """The API view of the relation a plan writes, from what the plan already knows (its
+    level; its path shown with decimal ids as the parent's, converted once, and its own id)."""
+    return relation_view(
+        plan.user_id,
+        plan.row,
+        plan.new_path,
+        now,
+        level=plan.row["level"],
+        shown_path=paths.decimal_child_path(plan.parent_path, plan.user_id),
+    )
+
+
 def _ancestor_strings(path: str) -> list[str]:
     """Ancestor ids nearest first, as the decimal strings events carry."""
     return list(_ids_nearest_first(path[: path.rfind(",", 0, len(path) - 1) + 1]))
@@ -330,7 +339,7 @@ def event_data(plan: Plan, now: datetime) -> dict[str, Any]:
         "user_id": str(plan.user_id),
         "parent_id": str(plan.parent_id),
         "previous_parent_id": str(current["parent_id"]) if current else None,
-        "ancestor_ids": _ancestor_strings(plan.new_path),
+        "ancestor_ids": list(_ids_nearest_first(plan.parent_path)),
         "level": plan.row["level"],
         "bind_source": plan.row["bind_source"],
         "bound_at": now.isoformat(),

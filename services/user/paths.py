@@ -75,6 +75,12 @@ def decimal_path(path: str) -> str:
     return _decimal(path[: cut + 1]) + f"{int(path[cut + 1 : -1], 36)},"
 
 
+def decimal_child_path(parent_path: str, user_id: int) -> str:
+    """``decimal_path(child_path(parent_path, user_id))``, without building the child's
+    compact path first: the parent's part is the cached one."""
+    return _decimal(parent_path) + f"{user_id},"
+
+
 def first_id(path: str) -> int:
     """The root of a path, without parsing the rest."""
     return int(path[1 : path.index(",", 1)], 36)

@@ -80,17 +80,18 @@ def relation_view(
     path: str,
     now: datetime,
     level: int | None = None,
+    shown_path: str | None = None,
 ) -> dict[str, Any]:
     """The relation as the API shows it; a user bound under nobody is a root of itself.
-    ``level`` is the path's depth when the caller knows it (counting a deep path's commas
-    costs more than the rest of the view)."""
+    ``level`` and ``shown_path`` (the path with decimal ids) are given when the caller knows
+    them: counting and converting a deep path cost more than the rest of the view."""
     parent = paths.nearest_ancestors(path, 1)
     return {
         "user_id": user_id,
         "parent_id": parent[0] if parent else None,
         "root_id": paths.first_id(path),
         "level": paths.depth_of(path) if level is None else level,
-        "path": paths.decimal_path(path),
+        "path": paths.decimal_path(path) if shown_path is None else shown_path,
         "bound_at": relation["bound_at"] if relation else None,
         "bind_source": relation["bind_source"] if relation else None,
         "expires_at": relation["expires_at"] if relation else None,
