@@ -17,7 +17,7 @@ from libs.common.ids import SHARD_COUNT, shard_of
 from services.user import paths, promoters, relations
 from services.user.history import get_history
 from services.user.migrations import MIGRATIONS
-from services.user.models import bind_history, users
+from services.user.models import SHARDED, bind_history, users
 from services.user.models import relations as relations_table
 from tests.user.conftest import UserWorld
 
@@ -254,7 +254,7 @@ async def test_sqlite_databases_from_before_get_the_bounded_path_index(db: Datab
                 name = relations_table.for_shard(shard).name
                 await conn.execute(text(f"DROP INDEX ix_{name}_path_head"))
                 await conn.execute(text(f"CREATE INDEX ix_{name}_path ON {name} (path)"))
-    assert await migrate(db, MIGRATIONS) == [4]
+    assert await migrate(db, MIGRATIONS[:4]) == [4]
 
     def indexes(sync: Connection) -> dict[str, set[str]]:
         tables = [relations_table.for_shard(n).name for n in range(SHARD_COUNT)]
@@ -272,6 +272,75 @@ async def test_sqlite_databases_from_before_get_the_bounded_path_index(db: Datab
         kept = f"ix_{name}_path_head" if db.is_sqlite else f"ix_{name}_path"
         gone = f"ix_{name}_path" if db.is_sqlite else f"ix_{name}_path_head"
         assert kept in names and gone not in names, (name, names)
+
+
+async def test_sqlite_tables_from_before_are_rebuilt_keyed_by_their_rowid(
+    world: UserWorld,
+) -> None:
+    """Version 5 rebuilds SQLite's sharded tables whose key was a BIGINT (a table plus a
+    unique index) with an INTEGER key (the rowid); rows, indexes and reads are unchanged."""
+    db = world.db
+    promoter, code = await world.promoter("rowid-promoter")
+    members = [await world.user(f"rowid-{n}") for n in range(20)]
+    for member in members:
+        await world.bind(member, code)
+    before = {m: await relations.read_path(db, m) for m in members}
+    tables = [s.for_shard(n).name for s in SHARDED for n in range(SHARD_COUNT)]
+
+    def schema(sync: Connection) -> dict[str, tuple[list[str], set[str]]]:
+        found = {}
+        for name in tables:
+            keys = [r.type for r in sync.exec_driver_sql(f'PRAGMA table_info("{name}")') if r.pk]
+            indexes = sync.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (name,)
+            ).all()
+            found[name] = (keys, {str(n) for (n,) in indexes})
+        return found
+
+    if db.is_sqlite:  # as version 4 left them: BIGINT keys
+        async with db.primary.begin() as conn:
+            new_form = await conn.run_sync(schema)
+            for name in tables:
+                create, *index_sql = [
+                    str(sql)
+                    for (sql,) in (
+                        await conn.exec_driver_sql(
+                            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL"
+                            " ORDER BY type DESC",
+                            (name,),
+                        )
+                    ).all()
+                ]
+                key = create.split("PRIMARY KEY (")[1].split(")")[0]
+                await conn.exec_driver_sql(f'ALTER TABLE "{name}" RENAME TO old_form')
+                await conn.exec_driver_sql(
+                    create.replace(f"{key} INTEGER NOT NULL", f"{key} BIGINT NOT NULL")
+                )
+                await conn.exec_driver_sql(f'INSERT INTO "{name}" SELECT * FROM old_form')
+                await conn.exec_driver_sql("DROP TABLE old_form")
+                for sql in index_sql:
+                    await conn.exec_driver_sql(sql)
+            old_form = await conn.run_sync(schema)
+            await conn.execute(text("DELETE FROM schema_migrations WHERE version = 5"))
+        assert all(keys == ["BIGINT"] for keys, _ in old_form.values())
+        assert all(len(old_form[t][1]) == len(new_form[t][1]) + 1 for t in tables)  # + autoindex
+        assert await migrate(db, MIGRATIONS) == [5]
+        async with db.primary.connect() as conn:
+            assert await conn.run_sync(schema) == new_form
+        assert all(keys == ["INTEGER"] for keys, _ in new_form.values())
+    else:  # MySQL/MariaDB: nothing to rebuild
+        assert await migrate(db, MIGRATIONS) == []
+    assert {m: await relations.read_path(db, m) for m in members} == before
+    # Written after the rebuild: keys still refuse a second row.
+    late = await world.user("rowid-late")
+    await world.bind(late, code)
+    with pytest.raises(TuikeError) as refused:
+        await world.bind(late, (await world.promoter("rowid-other"))[1])
+    assert refused.value.code == "relation.already_bound"
+    assert (await relations.read_path(db, late))[1] == paths.child_path(
+        before[members[0]][1].rsplit(",", 2)[0] + ",", late
+    )
+    assert promoter in paths.ids_of(before[members[0]][1])
 
 
 async def test_a_user_moved_back_while_its_old_move_is_pending_keeps_its_path(
