@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -108,8 +109,18 @@ def _make_engine(
             driver = conn.connection.driver_connection
             if isinstance(driver, InlineConnection):
                 # Straight to the driver: SQLAlchemy's statement machinery for a BEGIN cost
-                # as much as an insert.
-                await_only(driver.begin(immediate=write))
+                # as much as an insert. Its errors are wrapped as that machinery wraps them
+                # (a lock held elsewhere is an OperationalError the runner retries).
+                try:
+                    await_only(driver.begin(immediate=write))
+                except sqlite3.Error as error:
+                    raise DBAPIError.instance(
+                        "BEGIN IMMEDIATE" if write else "BEGIN",
+                        (),
+                        error,
+                        sqlite3.Error,
+                        dialect=conn.dialect,
+                    ) from error
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
