@@ -287,15 +287,12 @@ class InlineConnection:
             if lock is None or self._lock_loop is not loop:
                 lock = self._lock = _writer_lock(self._path)
                 self._lock_loop = loop
-            if lock.locked():
-                async with asyncio.timeout(self._timeout):
-                    await lock.acquire()
-            else:
-                # A free lock is taken without a timer, but after one turn of the loop: a
-                # task that writes transaction after transaction (an import, a move job)
-                # would otherwise never suspend, and starve every other task of this thread,
-                # the background checkpoints included.
-                await asyncio.sleep(0)
+            # One turn of the loop first, even when the lock is free: a task that writes
+            # transaction after transaction (an import, a move job) would otherwise never
+            # suspend, and starve every other task of this thread, the background
+            # checkpoints included. (asyncio.timeout arms a timer; wait_for also made a task.)
+            await asyncio.sleep(0)
+            async with asyncio.timeout(self._timeout):
                 await lock.acquire()
             self._writer = lock
 
