@@ -74,9 +74,10 @@ class Checkpointer:
     Every ``interval`` seconds a PASSIVE checkpoint copies what it can on a worker thread; it
     never waits for, nor holds up, readers or writers. But a log that is written to all the
     time is never wholly copied at the moment a writer could start it over, so it would grow
-    without end: once it holds ``restart_pages`` pages, the checkpointer takes the process's
+    without end: once it holds ``restart_pages`` pages, the checkpointer catches up without
+    the lock (passes, each followed by an fsync of the database file), then takes the process's
     writer lock (in-process writers wait, as for any transaction) and runs a RESTART checkpoint,
-    which copies the little the passive ones left and lets the next writer start the log over.
+    which copies and syncs the little that is left and lets the next writer start the log over.
     Readers that hold an old snapshot make it give up after a moment; it tries again later.
     """
 
