@@ -230,7 +230,8 @@ class InlineCursor:
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
         connection = self._connection
         if sql.lstrip()[:15].upper() == "BEGIN IMMEDIATE":
-            await connection._take_writer_lock()
+            await connection.begin(immediate=True)
+            return self
         try:
             await connection._retry_busy(self._cursor.execute, sql, parameters or ())
         except BaseException:
