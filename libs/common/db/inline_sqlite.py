@@ -41,7 +41,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("tuike.db.sqlite")
 
-JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024  # a log started over is cut back to this size
 _FIRST_SLEEP = 0.001
 _LONGEST_SLEEP = 0.025
 
@@ -88,6 +87,15 @@ class Checkpointer:
     _running: ClassVar[
         weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Checkpointer]]
     ] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def log_bytes_kept(cls) -> int:
+        """``journal_size_limit``: a log started over keeps its file up to a quarter more than
+        a restart lets it hold (what is written during the catch-up), so the next round of
+        writes overwrites blocks the file already has. Cut back to less, every round grew the
+        file again, and the writers' commits paid the file system for new blocks and zeroed
+        pages (decision 0105)."""
+        return cls.restart_pages * 4096 * 5 // 4
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -168,7 +176,7 @@ def _checkpoint(path: str, mode: str, wait_seconds: float = 0.02) -> int:
     SQLite was busy (another checkpoint, or readers that held on past ``wait_seconds``)."""
     conn = sqlite3.connect(path, timeout=wait_seconds, isolation_level=None)
     try:
-        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA journal_size_limit={Checkpointer.log_bytes_kept()}")
         busy, log_pages, _copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return -1 if busy else int(log_pages)
     except sqlite3.OperationalError as error:
@@ -290,7 +298,7 @@ class InlineConnection:
         connection = cls(conn, path, lock_wait_seconds)
         try:
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            conn.execute(f"PRAGMA journal_size_limit={Checkpointer.log_bytes_kept()}")
             connection._checkpointer = Checkpointer.acquire(path)
         except BaseException:
             conn.close()
