@@ -28,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from deploy.local.stack import free_port, redis_server_binary, wait_port
+from libs.common import relation_path
 from libs.common.db.engine import Database
 from libs.common.db.migrations import migrate
 from libs.common.events import (
@@ -77,14 +78,19 @@ def _events(count: int, promoters: list[int], ids: IdGenerator) -> list[Envelope
         bound = UserBound(
             user_id=buyer,
             parent_id=promoter,
-            ancestor_ids=[promoter, upline],
+            ancestor_path=relation_path.path_of([upline, promoter]),
             level=3,
             bind_source="link",
             bound_at=when,
         )
         events.append(
             make_event(
-                "user.bound", buyer, key=buyer, data=bound.model_dump(mode="json"), source="user"
+                "user.bound",
+                buyer,
+                key=buyer,
+                data=bound.model_dump(mode="json", exclude_defaults=True),
+                source="user",
+                version=2,
             )
         )
         amount = rng.randrange(100, 100_000)

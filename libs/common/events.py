@@ -2,7 +2,8 @@
 
 An event's envelope ``data`` is ``Model.model_dump(mode="json")`` of the model named by its
 type; consumers read it back with ``Model.model_validate(envelope.data)``. Ids inside ``data``
-are decimal strings (as in the REST API). Amounts are integers of the minor unit.
+are decimal strings (as in the REST API), except in the compact relation paths of
+``UserBound`` (base 36, libs/common/relation_path.py). Amounts are integers of the minor unit.
 Add fields freely (consumers ignore what they do not know); never rename or remove one
 without a new ``version``.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from libs.common import relation_path
 from libs.common.schemas import Id
 
 
@@ -43,16 +45,38 @@ class PromoterStatusChanged(EventData):  # promoter.disabled, promoter.enabled
 
 
 class UserBound(EventData):  # user.bound, user.rebound, user.moved
+    """Version 2 carries the ancestors as compact paths (``ancestor_path``); version 1 carried
+    them as lists of decimal ids (``ancestor_ids``), which consumers still read
+    (docs/decisions/0108-bind-event-ancestor-path.md). Use ``ancestors()`` and
+    ``previous_ancestors()``, which read either."""
+
     user_id: Id
     parent_id: Id
     previous_parent_id: Id | None = None
-    # Ancestors of the user after the change, nearest first (parent, grandparent, ...).
-    ancestor_ids: list[Id]
     level: int
     bind_source: str
     bound_at: datetime
-    # Ancestors before the change, nearest first (empty for a first bind): whose team shrinks.
+    # Version 2. The ancestors after the change, root first, the parent last, ids in base 36
+    # (libs/common/relation_path.py): ",<root>,...,<parent>,".
+    ancestor_path: str | None = Field(default=None, pattern=relation_path.PATTERN)
+    # Version 2. The ancestors before the change, the same way (None for a first bind):
+    # whose team shrinks.
+    previous_ancestor_path: str | None = Field(default=None, pattern=relation_path.PATTERN)
+    # Version 1: the same as decimal ids, nearest first (parent, grandparent, ...).
+    ancestor_ids: list[Id] = []
     previous_ancestor_ids: list[Id] = []
+
+    def ancestors(self) -> list[int]:
+        """The ancestors after the change, nearest first."""
+        if self.ancestor_path is not None:
+            return list(reversed(relation_path.parse(self.ancestor_path)))
+        return list(self.ancestor_ids)
+
+    def previous_ancestors(self) -> list[int]:
+        """The ancestors before the change, nearest first (none for a first bind)."""
+        if self.previous_ancestor_path is not None:
+            return list(reversed(relation_path.parse(self.previous_ancestor_path)))
+        return list(self.previous_ancestor_ids)
 
 
 # -- order.events (key: order id) -----------------------------------------------------------

@@ -232,7 +232,7 @@ class StatsBatch:
         pending: dict[int, dict[str, Any]] = {}
         for data in binds:
             day = business_day(data.bound_at, self.stores.zone)
-            ancestors = list(data.ancestor_ids) or [data.parent_id]
+            ancestors = data.ancestors() or [data.parent_id]
             self.personal.add(data.parent_id, day, new_customers=1)
             self._queue(data.user_id, day, ancestors, new_customers=1)
             path = path_of(data.user_id, ancestors)

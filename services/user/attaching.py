@@ -14,7 +14,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import BindParameter, Table, bindparam, select, union_all, update
@@ -32,6 +31,7 @@ from services.user.models import bind_history, move_jobs, relations, team_counts
 from services.user.relations import RUNNING, ancestors_of, relation_view
 
 LEVEL_COLUMNS = ("level1_count", "level2_count", "level3_count")
+USER_BOUND_VERSION = 2  # ancestors as compact paths (docs/decisions/0108)
 
 
 @dataclass
@@ -316,37 +316,30 @@ def _view_of_new(plan: Plan, now: datetime) -> dict[str, Any]:
     )
 
 
-def _ancestor_strings(path: str) -> list[str]:
-    """Ancestor ids nearest first, as the decimal strings events carry."""
-    return list(_ids_nearest_first(path[: path.rfind(",", 0, len(path) - 1) + 1]))
-
-
-@lru_cache(maxsize=256)
-def _ids_nearest_first(path: str) -> tuple[str, ...]:
-    # The ids of a path (the parent's, for a bind) as decimal strings, last first: computed
-    # once per parent, not per bind (a 1,000-deep path holds a thousand).
-    if path == ",":
-        return ()
-    return tuple(paths.decimal_path(path)[1:-1].split(",")[::-1])
+def _parent_part(path: str) -> str:
+    """A stored path without its last id: the ancestors' path (``,`` for a root)."""
+    return path[: path.rfind(",", 0, len(path) - 1) + 1]
 
 
 def event_data(plan: Plan, now: datetime) -> dict[str, Any]:
-    """The ``UserBound`` data of a change, JSON-ready: built by hand because validating and
-    serialising a thousand ancestor ids per bind through pydantic costs more than the rest of
-    the bind (``tests/user/test_bind_batches.py`` checks it equals the pydantic form)."""
+    """The ``UserBound`` data of a change (version 2), JSON-ready. The ancestors go as
+    compact paths, as stored: a thousand ids as decimal strings cost a deep bind 21 KB more
+    to write and the time to convert them (docs/decisions/0108-bind-event-ancestor-path.md).
+    Built by hand, without validating a 14 KB path per bind (``tests/user/test_bind_batches.py``
+    checks it equals the pydantic form)."""
     current = plan.current
     return {
         "user_id": str(plan.user_id),
         "parent_id": str(plan.parent_id),
         "previous_parent_id": str(current["parent_id"]) if current else None,
-        "ancestor_ids": list(_ids_nearest_first(plan.parent_path)),
         "level": plan.row["level"],
         "bind_source": plan.row["bind_source"],
         "bound_at": now.isoformat(),
+        "ancestor_path": plan.parent_path,
         # Whole-team counts follow stored paths: a running move job counts the rows it
         # rewrites, so a row that changes before the job reaches it leaves the ancestors of
         # its stored path (docs/decisions/0103-team-counts.md).
-        "previous_ancestor_ids": _ancestor_strings(current["path"]) if current else [],
+        "previous_ancestor_path": _parent_part(current["path"]) if current else None,
     }
 
 
@@ -357,4 +350,5 @@ def _event(plan: Plan, history_id: int, now: datetime) -> Envelope:
         key=plan.user_id,
         data=event_data(plan, now),
         source="user",
+        version=USER_BOUND_VERSION,
     )

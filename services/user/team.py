@@ -23,8 +23,8 @@ async def apply_team_changes(tx: Tx, events: Sequence[Envelope]) -> None:
             data = UserBound.model_validate(event.data)
         except ValueError as exc:
             raise PoisonMessage(f"bad {event.type} data: {exc}") from exc
-        for ancestor in data.ancestor_ids:
+        for ancestor in data.ancestors():
             deltas[ancestor] = deltas.get(ancestor, 0) + 1
-        for ancestor in data.previous_ancestor_ids:
+        for ancestor in data.previous_ancestors():
             deltas[ancestor] = deltas.get(ancestor, 0) - 1
     await add_team_sizes(tx, deltas)

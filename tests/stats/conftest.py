@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from redis.asyncio import Redis
 
+from libs.common import relation_path
 from libs.common.db.engine import Database
 from libs.common.db.migrations import migrate
 from libs.common.events import (
@@ -60,21 +61,30 @@ async def stores(redis_url: str, key_prefix: str) -> AsyncIterator[StatsStores]:
     await redis.aclose()
 
 
-def bound(user_id: int, ancestors: list[int], when: datetime, kind: str = "user.bound") -> Envelope:
+def bound(
+    user_id: int, ancestors: list[int], when: datetime, kind: str = "user.bound", version: int = 2
+) -> Envelope:
+    """A bind event as the user service writes it (version 2: the ancestors as a compact
+    path), or as it wrote it before (version 1: a list of decimal ids)."""
     data = UserBound(
         user_id=user_id,
         parent_id=ancestors[0],
-        ancestor_ids=ancestors,
         level=len(ancestors) + 1,
         bind_source="code",
         bound_at=when,
+        **(
+            {"ancestor_path": relation_path.path_of(ancestors[::-1])}
+            if version == 2
+            else {"ancestor_ids": ancestors}
+        ),
     )
     return make_event(
         kind,
         f"{user_id}:{when.timestamp()}",
         key=user_id,
-        data=data.model_dump(mode="json"),
+        data=data.model_dump(mode="json", exclude_defaults=True),
         source="user",
+        version=version,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
 from libs.common.db.engine import Database
 from services.stats import leaderboard, reads
 from services.stats.consumers import consume
@@ -31,18 +33,20 @@ def figures(**values: int) -> dict[str, int]:
 class Tree:
     """P (root promoter) ← A (promoter) ← B (buyer); P ← C, P ← C2 (buyers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bind_version: int = 2) -> None:
         self.p, self.a, self.b, self.c, self.c2 = (new_id() for _ in range(5))
         self.o1, self.o2, self.r1 = new_id(), new_id(), new_id()
+        self.bind_version = bind_version
 
     def events(self) -> list:  # type: ignore[type-arg]
         p, a, b, c, c2, o1, o2 = self.p, self.a, self.b, self.c, self.c2, self.o1, self.o2
+        version = self.bind_version
         return [
-            bound(a, [p], at(D1, "10:00")),
-            bound(b, [a, p], at(D1, "11:00")),
+            bound(a, [p], at(D1, "10:00"), version=version),
+            bound(b, [a, p], at(D1, "11:00"), version=version),
             # 23:30 in Shanghai is still day 1; 00:10 is day 2 (16:10 UTC of day 1).
-            bound(c, [p], at(D1, "23:30")),
-            bound(c2, [p], at(D2, "00:10")),
+            bound(c, [p], at(D1, "23:30"), version=version),
+            bound(c2, [p], at(D2, "00:10"), version=version),
             # B pays 100.00 + 50.00 (+ 8.00 shipping, not counted) under A, then P.
             paid(o1, b, [a, p], [10000, 5000], at(D1, "12:00"), shipping_amount=800),
             commissions(
@@ -126,8 +130,13 @@ async def test_summary_adds_up_today_yesterday_month_and_all_time(
     )
 
 
-async def test_team_figures_reach_every_ancestor(stats_db: Database, stores: StatsStores) -> None:
-    tree = Tree()
+@pytest.mark.parametrize("bind_version", [2, 1])
+async def test_team_figures_reach_every_ancestor(
+    stats_db: Database, stores: StatsStores, bind_version: int
+) -> None:
+    """The same from bind events of either version: ancestors as a compact path (2, what the
+    user service writes) or as a list of decimal ids (1, what it wrote before)."""
+    tree = Tree(bind_version)
     await _apply(stats_db, stores, tree)
     team = await reads.team_rows(stats_db, tree.p, DAY1, DAY2)
     day1, day2 = team["items"]

@@ -193,13 +193,18 @@ def test_hand_built_event_data_equals_the_pydantic_contract(
         user_id=user_id,
         parent_id=chain[-1],
         previous_parent_id=42 if rebind else None,
-        ancestor_ids=list(reversed(chain)),
         level=depth + 1,
         bind_source="link",
         bound_at=now,
-        previous_ancestor_ids=[42, 7] if rebind else [],
+        ancestor_path=parent_path,
+        previous_ancestor_path=paths.path_of([7, 42]) if rebind else None,
     )
-    assert event_data(plan, now) == contract.model_dump(mode="json")
+    # Version 2 leaves version 1's lists out: a consumer that knows only version 1 fails
+    # loudly on the missing ancestor_ids instead of counting no ancestors.
+    written = contract.model_dump(mode="json", exclude={"ancestor_ids", "previous_ancestor_ids"})
+    assert event_data(plan, now) == written
+    assert UserBound.model_validate(written).ancestors() == list(reversed(chain))
+    assert UserBound.model_validate(written).previous_ancestors() == ([42, 7] if rebind else [])
 
 
 @given(chain=st.lists(st.integers(1, 2**63 - 1), min_size=1, max_size=30, unique=True))

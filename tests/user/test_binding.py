@@ -13,12 +13,15 @@ from sqlalchemy.engine import Connection
 from libs.common.db.engine import Database, Tx
 from libs.common.db.migrations import migrate
 from libs.common.errors import TuikeError
+from libs.common.events import UserBound
 from libs.common.ids import SHARD_COUNT, shard_of
+from libs.common.messaging.envelope import Envelope
 from services.user import paths, promoters, relations
 from services.user.history import get_history
 from services.user.migrations import MIGRATIONS
 from services.user.models import SHARDED, bind_history, users
 from services.user.models import relations as relations_table
+from services.user.team import TEAM_EVENT_TYPES, apply_team_changes
 from tests.user.conftest import UserWorld
 
 
@@ -55,10 +58,48 @@ async def test_bind_builds_the_path_and_levels(world: UserWorld) -> None:
     assert (await relations.get_team(world.db, mid))["level1_count"] == 1
     event = (await world.events("user.bound"))[-1]
     assert event["key"] == str(buyer)
-    assert event["data"]["ancestor_ids"] == [str(mid), str(root)]
+    assert event["version"] == 2 and "ancestor_ids" not in event["data"]
+    assert event["data"]["ancestor_path"] == paths.path_of([root, mid])
+    assert UserBound.model_validate(event["data"]).ancestors() == [mid, root]
     assert event["data"]["level"] == 3
     history = await get_history(world.db, buyer)
     assert [(h["kind"], h["parent_id"]) for h in history] == [("bind", mid)]
+
+
+async def test_whole_team_counts_take_bind_events_of_either_version(world: UserWorld) -> None:
+    """Version 2 events (ancestors as compact paths) and the version 1 events written before
+    (lists of decimal ids, still in outboxes and on the broker after an upgrade) count the
+    same: applied once each, every ancestor's team counts the change twice."""
+    root, root_code = await world.promoter("root")
+    mid, mid_code = await world.promoter("mid")
+    other, other_code = await world.promoter("other")
+    buyer = await world.user("buyer")
+    await world.configure(bind_mode="override")
+    await world.bind(mid, root_code)
+    await world.bind(buyer, mid_code)
+    await world.bind(buyer, other_code)  # a rebind: mid and root lose the buyer
+    written = [
+        Envelope.model_validate(e) for e in await world.events() if e["type"] in TEAM_EVENT_TYPES
+    ]
+    assert [e.version for e in written] == [2, 2, 2]
+    older = []
+    for event in written:
+        data = UserBound.model_validate(event.data)
+        v1 = {
+            **{k: v for k, v in event.data.items() if not k.endswith("ancestor_path")},
+            "ancestor_ids": [str(a) for a in data.ancestors()],
+            "previous_ancestor_ids": [str(a) for a in data.previous_ancestors()],
+        }
+        older.append(event.model_copy(update={"version": 1, "data": v1}))
+
+    async def apply(tx: Tx, events: list[Envelope]) -> None:
+        await apply_team_changes(tx, events)
+
+    for events in (written, older):
+        await world.run(lambda tx, events=events: apply(tx, events))
+    sizes = {p: (await relations.get_team(world.db, p))["team_size"] for p in (root, mid, other)}
+    # root: mid (+2); the buyer came and went. mid: the buyer came and went. other: the buyer.
+    assert sizes == {root: 2, mid: 0, other: 2}
 
 
 async def test_refusals_have_distinct_codes_and_write_nothing(world: UserWorld) -> None:
@@ -138,7 +179,8 @@ async def test_override_mode_rebinds_and_moves_the_level_counts(world: UserWorld
     assert (await relations.get_team(world.db, second))["level1_count"] == 1
     event = (await world.events("user.rebound"))[0]
     assert event["data"]["previous_parent_id"] == str(first)
-    assert event["data"]["previous_ancestor_ids"] == [str(first)]
+    assert event["data"]["previous_ancestor_path"] == paths.path_of([first])
+    assert UserBound.model_validate(event["data"]).previous_ancestors() == [first]
     kinds = [h["kind"] for h in await get_history(world.db, buyer)]
     assert kinds == ["rebind", "bind"]
 
