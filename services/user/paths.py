@@ -1,4 +1,5 @@
-"""The compact relation path: ``,<id>,<id>,...,<self>,`` with ids in base 36 (ASCII).
+"""The compact relation path: ``,<id>,<id>,...,<self>,`` with ids in base 36 (ASCII), as
+``libs.common.relation_path`` encodes it.
 
 A 19-digit id is at most 13 base-36 characters, so a 1,000-deep path is about 14 KB instead
 of 20 KB; the API shows paths with decimal ids, as ARCHITECTURE §4 writes them.
@@ -8,22 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def encode_id(value: int) -> str:
-    if value == 0:
-        return "0"
-    out = []
-    while value:
-        value, rest = divmod(value, 36)
-        out.append(_DIGITS[rest])
-    return "".join(reversed(out))
-
-
-def path_of(ids: list[int]) -> str:
-    """The path of a chain given root first (the last id is the node itself)."""
-    return "," + "".join(encode_id(i) + "," for i in ids)
+from libs.common.relation_path import encode_id as encode_id
+from libs.common.relation_path import parse
+from libs.common.relation_path import path_of as path_of
 
 
 def root_path(user_id: int) -> str:
@@ -35,7 +23,7 @@ def root_path(user_id: int) -> str:
 def _parsed(path: str) -> tuple[int, ...]:
     # A batch of binds under one deep promoter reads the same 1,000-id path for every bind,
     # and each bind's own path several times: parse each path once.
-    return tuple(int(part, 36) for part in path[1:-1].split(",") if part)
+    return parse(path)
 
 
 def ids_of(path: str) -> list[int]:
@@ -87,9 +75,12 @@ def first_id(path: str) -> int:
 
 
 def nearest_ancestors(path: str, levels: int) -> list[int]:
-    """Up to ``levels`` ancestors nearest first, parsing only the tail of the path."""
-    parts = path[1:-1].rsplit(",", levels + 1)[-(levels + 1) :]
-    return [int(part, 36) for part in reversed(parts[:-1])]
+    """Up to ``levels`` ancestors nearest first, parsing only the tail of the path (without
+    copying the rest: a deep path is 14 KB)."""
+    # ",a,b,c,".rsplit(",", 4) == [",a", "b", "c", ""]: the node, an empty end, and before
+    # them up to ``levels`` ancestors, or the path's empty start when it holds fewer.
+    parts = path.rsplit(",", levels + 2)[-(levels + 2) : -2]
+    return [int(part, 36) for part in reversed(parts) if part]
 
 
 def rewrite(path: str, rewrites: list[tuple[str, str]]) -> str:
