@@ -3,6 +3,8 @@ for unexpected errors, the request id echoed, the metrics labelled by the route'
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import httpx
 from prometheus_client import generate_latest
 from pydantic import BaseModel
@@ -74,3 +76,23 @@ async def test_other_methods_and_paths_go_through_fastapi() -> None:
         wrong_method = await client.get("/api/v1/echo")
         unknown = await client.post("/api/v1/echo/more", json={"word": "x"})
     assert wrong_method.json()["error"]["code"] == unknown.json()["error"]["code"] == "not_found"
+
+
+class _Answer(BaseModel):
+    text: str
+    big: int
+    at: datetime
+    ratio: float | None
+
+
+def test_an_answer_is_byte_for_byte_what_pydantic_writes() -> None:
+    """json_answer encodes with orjson: the same bytes as model_dump_json, escapes included."""
+    for text in ['\x00\x1f\n\t"\\/é😀\u2028\x7f', "," + "7234567890123456789," * 1000]:
+        for ratio in (None, 0.1, 1e20):
+            answer = _Answer(
+                text=text, big=2**63 - 1, at=datetime(2026, 11, 27, 3, 0, 1, 5), ratio=ratio
+            )
+            response = json_answer(answer, status_code=201)
+            assert response.body == answer.model_dump_json().encode()
+            assert response.status_code == 201
+            assert response.headers["content-type"] == "application/json"
