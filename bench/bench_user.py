@@ -8,7 +8,10 @@ recursive CTE per query) measured in the same run as the baseline.
 Environment: BENCH_USER_TREE_SIZE, BENCH_USER_CHAIN_DEPTH (1000), BENCH_USER_BINDS (2000 per
 depth and concurrency), BENCH_USER_CONCURRENCY (callers in flight in the bind runs, "4,8,16"),
 BENCH_USER_READS (500), BENCH_USER_MYSQL_URL (a MySQL /
-MariaDB server URL: the run uses a fresh database there instead of SQLite).
+MariaDB server URL: the run uses a fresh database there instead of SQLite),
+BENCH_USER_WORKERS ("false": the service process serves HTTP only, as an API replica split from
+its worker does; "true": it also runs its outbox relay and the team-counts consumer, as
+``make run`` does, publishing to the broker the bench starts).
 """
 
 from __future__ import annotations
@@ -294,7 +297,7 @@ async def _run(database_url: str, workdir: Path) -> None:
         "TUIKE_DATABASE_URL": database_url,
         "TUIKE_PORT": str(port),
         "TUIKE_NODE_ID": "2",
-        "TUIKE_RUN_WORKERS": "false",
+        "TUIKE_RUN_WORKERS": os.environ.get("BENCH_USER_WORKERS", "false"),
         "TUIKE_BOOTSTRAP_ADMIN_KEY": admin_key,
         "TUIKE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker_port}",
         "TUIKE_LOG_LEVEL": "WARNING",

@@ -69,7 +69,7 @@ async def test_bind_builds_the_path_and_levels(world: UserWorld) -> None:
 async def test_whole_team_counts_take_bind_events_of_either_version(world: UserWorld) -> None:
     """Version 2 events (ancestors as compact paths) and the version 1 events written before
     (lists of decimal ids, still in outboxes and on the broker after an upgrade) count the
-    same: applied once each, every ancestor's team counts the change twice."""
+    same, apart and mixed in one batch."""
     root, root_code = await world.promoter("root")
     mid, mid_code = await world.promoter("mid")
     other, other_code = await world.promoter("other")
@@ -95,11 +95,13 @@ async def test_whole_team_counts_take_bind_events_of_either_version(world: UserW
     async def apply(tx: Tx, events: list[Envelope]) -> None:
         await apply_team_changes(tx, events)
 
-    for events in (written, older):
+    # One batch each, then both together (equal chains are summed before they are read: the
+    # buyer's bind and its rebind's previous chain cancel out).
+    for events in (written, older, written + older):
         await world.run(lambda tx, events=events: apply(tx, events))
     sizes = {p: (await relations.get_team(world.db, p))["team_size"] for p in (root, mid, other)}
-    # root: mid (+2); the buyer came and went. mid: the buyer came and went. other: the buyer.
-    assert sizes == {root: 2, mid: 0, other: 2}
+    # root: mid (+4); the buyer came and went. mid: the buyer came and went. other: the buyer.
+    assert sizes == {root: 4, mid: 0, other: 4}
 
 
 async def test_refusals_have_distinct_codes_and_write_nothing(world: UserWorld) -> None:
