@@ -38,7 +38,7 @@ from chaos.traffic import PLATFORM, SKUS, Traffic
 from deploy.local.stack import SERVICES
 from libs.common.db.engine import Database
 from libs.common.messaging.consumer import dead_letters, inbox
-from libs.common.messaging.outbox import outbox
+from libs.common.messaging.outbox import outbox, unpublished
 from services.commission.models import tables_for
 
 Difference = str
@@ -78,9 +78,7 @@ class Reconciler:
                 async with db.read(may_lag=False) as conn:
                     found[service] = int(
                         await conn.scalar(
-                            select(func.count())
-                            .select_from(outbox)
-                            .where(outbox.c.published_at.is_(None))
+                            select(func.count()).select_from(outbox).where(unpublished())
                         )
                         or 0
                     )

@@ -24,7 +24,7 @@ from libs.common.db.engine import Tx
 from libs.common.errors import NotFound
 from libs.common.messaging.consumer import Subscription
 from libs.common.messaging.envelope import DIAGNOSTIC_EVENTS, Envelope, make_event
-from libs.common.messaging.outbox import outbox, publish, utcnow
+from libs.common.messaging.outbox import NOT_PUBLISHED, outbox, publish, utcnow
 from libs.common.runtime import Runtime, get_caller, get_runtime
 
 
@@ -89,7 +89,9 @@ def diagnostics_router(service: str) -> APIRouter:
 
         async def work(tx: Tx) -> int:
             result = await (await tx.main()).execute(
-                update(outbox).where(outbox.c.event_id == event_id).values(published_at=None)
+                update(outbox)
+                .where(outbox.c.event_id == event_id)
+                .values(published_at=NOT_PUBLISHED)
             )
             for listener in tx.db.outbox_listeners:
                 tx.after_commit(listener)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -24,7 +26,15 @@ from libs.common.messaging.consumer import (
 )
 from libs.common.messaging.envelope import Envelope, make_event
 from libs.common.messaging.kafka import make_producer
-from libs.common.messaging.outbox import OutboxRelay, publish
+from libs.common.messaging.outbox import (
+    NOT_PUBLISHED,
+    OutboxRelay,
+    mark_published,
+    outbox,
+    publish,
+    unpublished,
+    utcnow,
+)
 from libs.common.settings import ServiceSettings
 
 effects_meta = MetaData()
@@ -149,6 +159,90 @@ async def test_outbox_events_are_applied_exactly_once(db: Database, broker: str)
         assert await harness.relay.backlog() == 0
     finally:
         await harness.close()
+
+
+async def test_rows_from_before_the_not_published_mark_are_published_too(
+    db: Database, broker: str
+) -> None:
+    """Rows written by earlier versions have NULL, not the mark, until they are published:
+    the relay publishes both kinds, in seq order, and marks them with the time."""
+    await migrate(db, MIGRATIONS)
+    harness = Harness(db, broker)
+    events = [_event(n) for n in range(6)]
+    await harness.emit(*events[:2])
+
+    async def legacy(tx: Tx) -> None:
+        await (await tx.main()).execute(
+            outbox.insert(),
+            [
+                {
+                    "event_id": e.id,
+                    "topic": harness.topic,
+                    "event_key": e.key,
+                    "payload": e.to_bytes().decode(),
+                    "created_at": utcnow(),
+                    "published_at": None,
+                }
+                for e in events[2:4]
+            ],
+        )
+
+    await db.run(legacy)
+    await harness.emit(*events[4:])
+    async with db.read(may_lag=False) as conn:
+        pending = await conn.scalar(select(func.count()).select_from(outbox).where(unpublished()))
+    assert pending == 6
+    await harness.start()
+    try:
+
+        async def all_once() -> bool:
+            counts = await _effect_counts(db)
+            return set(counts) == {e.id for e in events} and set(counts.values()) == {1}
+
+        await _eventually(all_once)
+        assert await harness.relay.backlog() == 0
+        async with db.read(may_lag=False) as conn:
+            marks = (await conn.execute(select(outbox.c.published_at))).scalars().all()
+        assert len(marks) == 6 and all(mark > NOT_PUBLISHED for mark in marks)
+    finally:
+        await harness.close()
+
+
+async def test_marking_a_big_row_published_rewrites_it_in_place(tmp_path: Path) -> None:
+    """On SQLite: the not-published mark has a timestamp's size, so the mark rewrites only the
+    page that holds it. A NULL turned into a timestamp copied a 14 KB payload (a 1,000-deep
+    bind event) to new overflow pages: 9 log frames instead of 2."""
+    path = tmp_path / "outbox.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await migrate(db, [COMMON_MIGRATION])
+    events = [_event(n, path="," + "1y2p0ij32e8e7," * 1000) for n in range(20)]
+
+    async def write(tx: Tx) -> None:
+        await publish(tx, "test.big", *events)
+
+    await db.run(write)
+
+    def log_frames(checkpoint: str) -> int:
+        conn = sqlite3.connect(path)
+        try:
+            return int(conn.execute(f"PRAGMA wal_checkpoint({checkpoint})").fetchone()[1])
+        finally:
+            conn.close()
+
+    async with db.read(may_lag=False) as conn:
+        seqs = (await conn.execute(select(outbox.c.seq))).scalars().all()
+    frames = []
+    for seq in seqs[:10]:
+        # Copied back and emptied: the next writer starts the log over.
+        assert await asyncio.to_thread(log_frames, "TRUNCATE") == 0
+
+        async def mark(tx: Tx, seq: int = seq) -> None:
+            await mark_published(await tx.main(), [seq])
+
+        await db.run(mark)
+        frames.append(await asyncio.to_thread(log_frames, "PASSIVE"))
+    await db.dispose()
+    assert max(frames) <= 3, frames
 
 
 async def test_poison_messages_go_to_the_dead_letter_table(db: Database, broker: str) -> None:
