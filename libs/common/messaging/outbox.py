@@ -74,9 +74,13 @@ outbox = Table(
 NOT_PUBLISHED = datetime(1970, 1, 1)
 
 
+# The two kinds of rows the relay has still to publish: marked, and written before the mark.
+_PENDING = (outbox.c.published_at == NOT_PUBLISHED, outbox.c.published_at.is_(None))
+
+
 def unpublished() -> ColumnElement[bool]:
     """Rows the relay has still to publish."""
-    return or_(outbox.c.published_at.is_(None), outbox.c.published_at == NOT_PUBLISHED)
+    return or_(*_PENDING)
 
 
 async def pending_rows(conn: AsyncConnection, limit: int) -> list[tuple[int, str, str, str]]:
@@ -84,7 +88,7 @@ async def pending_rows(conn: AsyncConnection, limit: int) -> list[tuple[int, str
     rows and NULL ones are read apart, each in the order of the (published_at, seq) index,
     then merged: one query with an OR would sort every pending row on each poll."""
     found: list[tuple[int, str, str, str]] = []
-    for condition in (outbox.c.published_at == NOT_PUBLISHED, outbox.c.published_at.is_(None)):
+    for condition in _PENDING:
         rows = await conn.execute(
             select(outbox.c.seq, outbox.c.topic, outbox.c.event_key, outbox.c.payload)
             .where(condition)
