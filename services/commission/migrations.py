@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db.common_tables import COMMON_MIGRATION
+from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
 from libs.common.db.engine import Database
 from libs.common.db.migrations import Migration, MigrationContext
 from libs.common.db.sharding import add_months, month_key, monthly_registry
@@ -67,6 +67,7 @@ MIGRATIONS: list[Migration] = [
         _create_commission_tables,
     ),
     Migration(3, "commission: settlement batches", _settlement_batches),
+    outbox_parts_migration(4),
     *WITHDRAWAL_MIGRATIONS,
 ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.common.db.common_tables import COMMON_MIGRATION
+from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
 from libs.common.db.migrations import Migration, MigrationContext
 from services.order.models import order_items, orders, refunds
 
@@ -15,4 +15,5 @@ async def _order_tables(ctx: MigrationContext) -> None:
 MIGRATIONS: list[Migration] = [
     COMMON_MIGRATION,
     Migration(2, "orders, order items and refunds, sharded by buyer", _order_tables),
+    outbox_parts_migration(3),
 ]

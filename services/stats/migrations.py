@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.common.db.common_tables import COMMON_MIGRATION
+from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
 from libs.common.db.migrations import Migration, MigrationContext
 from services.stats.models import metadata, promoter_stats, promoter_team_stats
 
@@ -16,4 +16,5 @@ async def _stats_tables(ctx: MigrationContext) -> None:
 MIGRATIONS: list[Migration] = [
     COMMON_MIGRATION,
     Migration(2, "promoter stats per day, team stats, facts, relation projection", _stats_tables),
+    outbox_parts_migration(3),
 ]

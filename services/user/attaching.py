@@ -32,6 +32,9 @@ from services.user.relations import RUNNING, ancestors_of, relation_view
 
 LEVEL_COLUMNS = ("level1_count", "level2_count", "level3_count")
 USER_BOUND_VERSION = 2  # ancestors as compact paths (docs/decisions/0108)
+# Every bind under one parent carries the same ancestors: a deep chain is stored once in the
+# outbox, not once per event (docs/decisions/0805).
+SHARED_FIELDS = ("ancestor_path", "previous_ancestor_path")
 
 
 @dataclass
@@ -272,7 +275,7 @@ async def apply_plans(
         job_id = await _start_move_job(tx, ids, plan, now) if plan.moves_a_team else None
         events.append(_event(plan, history_id, now))
         attached.append(Attached(_view_of_new(plan, now), True, job_id))
-    await publish(tx, USER_EVENTS, *events)
+    await publish(tx, USER_EVENTS, *events, shared=SHARED_FIELDS)
     return attached
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Index, Table, inspect, text
 from sqlalchemy.engine import Connection
 
-from libs.common.db.common_tables import COMMON_MIGRATION
+from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
 from libs.common.db.migrations import Migration, MigrationContext
 from services.user.models import PATH_HEAD_LENGTH, SHARDED, main_metadata, relations, users
 from services.user.pii import pii_metadata
@@ -117,4 +117,5 @@ MIGRATIONS: list[Migration] = [
         4, "SQLite: subtree index on the first 255 characters of a path", _bounded_path_index
     ),
     Migration(5, "SQLite: sharded tables keyed by their rowid", _rowid_keys),
+    outbox_parts_migration(6),
 ]

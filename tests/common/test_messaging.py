@@ -6,15 +6,16 @@ import asyncio
 import secrets
 import sqlite3
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
 
 from deploy.local.stack import free_port, tansu_binary, wait_port
-from libs.common.db.common_tables import COMMON_MIGRATION
+from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
 from libs.common.db.engine import Database, Tx
 from libs.common.db.migrations import Migration, MigrationContext, migrate
 from libs.common.messaging.consumer import (
@@ -28,12 +29,16 @@ from libs.common.messaging.envelope import Envelope, make_event
 from libs.common.messaging.kafka import make_producer
 from libs.common.messaging.outbox import (
     NOT_PUBLISHED,
+    PART_MIN_LENGTH,
+    ROW,
     OutboxRelay,
     mark_published,
     outbox,
+    outbox_part,
     publish,
     unpublished,
     utcnow,
+    whole_rows,
 )
 from libs.common.settings import ServiceSettings
 
@@ -65,6 +70,9 @@ async def _apply(tx: Tx, events: Sequence[Envelope]) -> None:
     await conn.execute(effects.insert(), [{"event_id": e.id} for e in events])
 
 
+Apply = Callable[[Tx, Sequence[Envelope]], Awaitable[None]]
+
+
 async def _effect_counts(db: Database) -> dict[str, int]:
     async with db.read(may_lag=False) as conn:
         rows = await conn.execute(
@@ -74,7 +82,7 @@ async def _effect_counts(db: Database) -> dict[str, int]:
 
 
 class Harness:
-    def __init__(self, db: Database, bootstrap: str) -> None:
+    def __init__(self, db: Database, bootstrap: str, apply: Apply = _apply) -> None:
         name = f"t{secrets.token_hex(3)}"
         self.topic = f"test.{name}"
         self.settings = ServiceSettings(
@@ -84,6 +92,7 @@ class Harness:
             consumer_max_retries=2,
         )
         self.db = db
+        self.apply = apply
         self.producer = make_producer(self.settings)
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -92,7 +101,7 @@ class Harness:
         await self.producer.start()
         self.relay = OutboxRelay(self.db, self.producer, self.settings, [self.topic])
         self.consumer = EventConsumer(
-            Subscription("effects", [self.topic], _apply), self.db, self.producer, self.settings
+            Subscription("effects", [self.topic], self.apply), self.db, self.producer, self.settings
         )
         self.tasks = [
             asyncio.create_task(self.relay.run(self.stop)),
@@ -106,9 +115,9 @@ class Harness:
             task.cancel()
         await self.producer.stop()
 
-    async def emit(self, *events: Envelope) -> None:
+    async def emit(self, *events: Envelope, shared: Sequence[str] = ()) -> None:
         async def work(tx: Tx) -> None:
-            await publish(tx, self.topic, *events)
+            await publish(tx, self.topic, *events, shared=shared)
 
         await self.db.run(work)
 
@@ -243,6 +252,94 @@ async def test_marking_a_big_row_published_rewrites_it_in_place(tmp_path: Path) 
         frames.append(await asyncio.to_thread(log_frames, "PASSIVE"))
     await db.dispose()
     assert max(frames) <= 3, frames
+
+
+async def test_big_repeated_values_are_stored_once_and_published_whole(
+    db: Database, broker: str
+) -> None:
+    """A shared field's big value is written once however many events carry it, and every
+    event reaches the broker whole, byte for byte as written (big integers, floats and
+    escapes included); a value under the threshold stays in its row."""
+    await migrate(db, MIGRATIONS)
+    received: dict[str, Envelope] = {}
+
+    async def keep(tx: Tx, events: Sequence[Envelope]) -> None:
+        received.update({e.id: e for e in events})
+
+    harness = Harness(db, broker, keep)
+    chain = "," + "1y2p0ij32e8e7," * 400  # 5,601 characters
+    other = "," + "5" * (PART_MIN_LENGTH - 2) + ","
+    short = "," + "7" * (PART_MIN_LENGTH - 3) + ","
+    events = [
+        *(
+            _event(n, chain=chain, big=2**63 - 1 - n, ratio=0.1 + n, note='天 "x"')
+            for n in range(3)
+        ),
+        _event(3, chain=other, previous=chain),
+        _event(4, chain=short),
+        _event(5, chain=None),
+    ]
+    await harness.emit(*events[:2], shared=("chain", "previous"))
+    await harness.emit(*events[2:], shared=("chain", "previous"))
+
+    async with db.read(may_lag=False) as conn:
+        parts = dict((await conn.execute(select(outbox_part.c.digest, outbox_part.c.body))).all())
+        rows = (await conn.execute(select(*ROW).order_by(outbox.c.seq))).all()
+        whole = await whole_rows(conn, rows)
+    assert sorted(parts.values()) == sorted([chain, other])
+    stored = {row.event_key: row for row in rows}
+    assert [len(stored[str(n)].payload) < 400 for n in range(6)] == [True] * 4 + [False, True]
+    assert [stored[str(n)].parts is None for n in range(6)] == [False] * 4 + [True, True]
+    assert [payload for _, _, _, payload in whole] == [e.to_bytes().decode() for e in events]
+
+    await harness.start()
+    try:
+
+        async def all_received() -> bool:
+            return len(received) == len(events)
+
+        await _eventually(all_received)
+    finally:
+        await harness.close()
+    for event in events:
+        assert received[event.id].data == event.data
+        assert received[event.id].to_bytes() == event.to_bytes()
+
+
+async def test_an_outbox_from_before_gets_its_parts(db: Database) -> None:
+    """A database whose outbox predates parts gains the column and the table; its rows
+    read back as they were written."""
+    await migrate(db, [COMMON_MIGRATION])
+    event = _event(1, chain="," + "1y2p0ij32e8e7," * 100)
+    async with db.primary.begin() as conn:  # as the version before left it
+        await conn.execute(text("DROP TABLE outbox_part"))
+        await conn.execute(text("ALTER TABLE outbox DROP COLUMN parts"))
+        await conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, topic, event_key, payload, created_at)"
+                " VALUES (:id, 'test.old', :key, :payload, :now)"
+            ),
+            {
+                "id": event.id,
+                "key": event.key,
+                "payload": event.to_bytes().decode(),
+                "now": utcnow(),
+            },
+        )
+    await migrate(db, [COMMON_MIGRATION, outbox_parts_migration(2)])
+    await migrate(db, [COMMON_MIGRATION, outbox_parts_migration(2)])  # twice: nothing to do
+
+    async def write(tx: Tx) -> None:
+        await publish(tx, "test.new", _event(2, chain=event.data["chain"]), shared=("chain",))
+
+    await db.run(write)
+    async with db.read(may_lag=False) as conn:
+        rows = await whole_rows(
+            conn, (await conn.execute(select(*ROW).order_by(outbox.c.seq))).all()
+        )
+        assert await conn.scalar(select(func.count()).select_from(outbox_part)) == 1
+    assert rows[0][3] == event.to_bytes().decode()
+    assert orjson.loads(rows[1][3])["data"]["chain"] == event.data["chain"]
 
 
 async def test_poison_messages_go_to_the_dead_letter_table(db: Database, broker: str) -> None:

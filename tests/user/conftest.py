@@ -13,7 +13,7 @@ from libs.common.business_settings import SettingsStore
 from libs.common.db.engine import Database, Tx
 from libs.common.db.migrations import migrate
 from libs.common.ids import IdGenerator
-from libs.common.messaging.outbox import outbox
+from libs.common.messaging.outbox import ROW, outbox, whole_rows
 from services.user import promoters, users
 from services.user.bind_batch import bind_by_code
 from services.user.binding import Attached
@@ -86,8 +86,8 @@ class UserWorld:
         import orjson
 
         async with self.db.read(may_lag=False) as conn:
-            rows = await conn.execute(select(outbox.c.payload).order_by(outbox.c.seq))
-            found = [orjson.loads(row[0]) for row in rows]
+            rows = await conn.execute(select(*ROW).order_by(outbox.c.seq))
+            found = [orjson.loads(payload) for *_, payload in await whole_rows(conn, rows.all())]
         return [e for e in found if event_type is None or e["type"] == event_type]
 
 

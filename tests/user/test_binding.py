@@ -15,7 +15,8 @@ from libs.common.db.migrations import migrate
 from libs.common.errors import TuikeError
 from libs.common.events import UserBound
 from libs.common.ids import SHARD_COUNT, shard_of
-from libs.common.messaging.envelope import Envelope
+from libs.common.messaging.envelope import USER_EVENTS, Envelope
+from libs.common.messaging.outbox import PART_MIN_LENGTH, outbox, outbox_part
 from services.user import paths, promoters, relations
 from services.user.history import get_history
 from services.user.migrations import MIGRATIONS
@@ -288,6 +289,51 @@ async def test_moving_a_subtree_deeper_than_the_indexed_head_of_paths(world: Use
             assert row is not None
             assert paths.ids_of(row["path"]) == [c for c, _ in chain] + [stays, user_id]
             assert row["level"] == 32
+
+
+async def test_binds_under_one_deep_parent_store_its_ancestors_once(world: UserWorld) -> None:
+    """Every bind under a parent carries the parent's ancestors: past PART_MIN_LENGTH
+    characters the outbox keeps them once, not once per event, and the events read back
+    whole (decision 0805)."""
+    await world.configure(bind_mode="override")
+    chain = [await world.promoter(f"deep-{i}") for i in range(90)]
+    for (_, parent_code), (child, _) in itertools.pairwise(chain):
+        await world.bind(child, parent_code)
+    (tip, tip_code), (above, above_code) = chain[-1], chain[-2]
+    _, tip_path = await relations.read_path(world.db, tip)
+    _, above_path = await relations.read_path(world.db, above)
+    assert len(above_path) >= PART_MIN_LENGTH
+    async with world.db.read(may_lag=False) as conn:
+        parts_before = int(await conn.scalar(select(func.count()).select_from(outbox_part)) or 0)
+
+    buyers = [await world.user(f"buyer-{i}") for i in range(4)]
+    for buyer in buyers:
+        await world.bind(buyer, tip_code)
+    await world.bind(buyers[0], above_code)  # override: a rebind one level up
+
+    async with world.db.read(may_lag=False) as conn:
+        parts = dict((await conn.execute(select(outbox_part.c.digest, outbox_part.c.body))).all())
+        rows = (
+            await conn.execute(
+                select(outbox.c.payload, outbox.c.parts).where(
+                    outbox.c.event_key.in_([str(b) for b in buyers]),
+                    outbox.c.topic == USER_EVENTS,
+                    outbox.c.event_id.not_like("user.registered:%"),
+                )
+            )
+        ).all()
+    # The tip's path, new; the path above it, already written by the tip's own bind.
+    assert len(parts) == parts_before + 1 and tip_path in parts.values()
+    assert len(rows) == 5 and all(row.parts and len(row.payload) < 1000 for row in rows)
+    bound = {e["key"]: e for e in await world.events("user.bound")}
+    for buyer in buyers:
+        assert bound[str(buyer)]["data"]["ancestor_path"] == tip_path
+    (rebound,) = await world.events("user.rebound")
+    assert rebound["data"]["ancestor_path"] == above_path
+    assert rebound["data"]["previous_ancestor_path"] == tip_path
+    assert UserBound.model_validate(rebound["data"]).previous_ancestors() == [
+        c for c, _ in reversed(chain)
+    ]
 
 
 async def test_sqlite_databases_from_before_get_the_bounded_path_index(db: Database) -> None:

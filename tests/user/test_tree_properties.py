@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from libs.common.db.engine import Tx
 from libs.common.errors import TuikeError
 from libs.common.messaging.envelope import Envelope
-from libs.common.messaging.outbox import outbox, utcnow
+from libs.common.messaging.outbox import ROW, outbox, utcnow, whole_rows
 from services.user import paths, relations
 from services.user.moves import run_move_batch
 from services.user.team import TEAM_EVENT_TYPES, apply_team_changes
@@ -109,9 +108,10 @@ async def _apply_team_events(world: UserWorld, people: list[int]) -> None:
     wanted = {str(p) for p in people}
     async with world.db.read(may_lag=False) as conn:
         rows = await conn.execute(
-            select(outbox.c.payload).where(outbox.c.event_key.in_(wanted)).order_by(outbox.c.seq)
+            select(*ROW).where(outbox.c.event_key.in_(wanted)).order_by(outbox.c.seq)
         )
-        events = [Envelope.model_validate(orjson.loads(row[0])) for row in rows]
+        published = await whole_rows(conn, rows.all())
+    events = [Envelope.model_validate_json(payload) for *_, payload in published]
     mine: list[Any] = [e for e in events if e.type in TEAM_EVENT_TYPES]
 
     async def work(tx: Tx) -> None:

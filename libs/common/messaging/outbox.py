@@ -9,10 +9,14 @@ retention horizon; consumers absorb the duplicates through their inbox.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import (
     BigInteger,
@@ -63,8 +67,23 @@ outbox = Table(
     Column("payload", LongText, nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("published_at", DateTime, nullable=True),
+    # {field of data: digest} for the data fields stored apart, in outbox_part (NULL: none).
+    Column("parts", Text, nullable=True),
     Index("ix_outbox_published", "published_at", "seq"),
 )
+
+# Big values that many events repeat (the ancestors of one parent, in every bind under it),
+# stored once by content and put back into the payload by the relay (decision 0805).
+outbox_part = Table(
+    "outbox_part",
+    outbox_metadata,
+    Column("digest", String(64), primary_key=True),  # SHA-256 of the body, hex
+    Column("body", LongText, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# A value shorter than this stays in the payload: a row of its own costs more than it saves.
+PART_MIN_LENGTH = 1024
 
 # The mark of a row not published yet: a timestamp of the same size as a real one, not NULL,
 # so marking a row changes no value's size. SQLite then rewrites the row in place, only the
@@ -83,50 +102,110 @@ def unpublished() -> ColumnElement[bool]:
     return or_(*_PENDING)
 
 
+# The columns ``whole_rows`` takes.
+ROW = (outbox.c.seq, outbox.c.topic, outbox.c.event_key, outbox.c.payload, outbox.c.parts)
+
+
 async def pending_rows(conn: AsyncConnection, limit: int) -> list[tuple[int, str, str, str]]:
-    """The first ``limit`` unpublished rows by seq: ``(seq, topic, key, payload)``. Marked
-    rows and NULL ones are read apart, each in the order of the (published_at, seq) index,
-    then merged: one query with an OR would sort every pending row on each poll."""
-    found: list[tuple[int, str, str, str]] = []
+    """The first ``limit`` unpublished rows by seq: ``(seq, topic, key, payload)``, payloads
+    whole. Marked rows and NULL ones are read apart, each in the order of the
+    (published_at, seq) index, then merged: one query with an OR would sort every pending
+    row on each poll."""
+    found: list[Any] = []
     for condition in _PENDING:
-        rows = await conn.execute(
-            select(outbox.c.seq, outbox.c.topic, outbox.c.event_key, outbox.c.payload)
-            .where(condition)
-            .order_by(outbox.c.seq)
-            .limit(limit)
+        found += (
+            await conn.execute(select(*ROW).where(condition).order_by(outbox.c.seq).limit(limit))
+        ).all()
+    found.sort(key=lambda row: int(row[0]))
+    return await whole_rows(conn, found[:limit])
+
+
+async def whole_rows(conn: AsyncConnection, rows: Sequence[Any]) -> list[tuple[int, str, str, str]]:
+    """Outbox rows read as ``ROW``, given back as ``(seq, topic, key, payload)`` with the
+    values stored apart put back into their payloads: the events as they are published."""
+    wanted = {digest for row in rows if row[4] for digest in orjson.loads(row[4]).values()}
+    bodies: dict[str, str] = {}
+    if wanted:
+        found = await conn.execute(
+            select(outbox_part.c.digest, outbox_part.c.body).where(
+                outbox_part.c.digest.in_(sorted(wanted))
+            )
         )
-        found += [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
-    return sorted(found)[:limit]
+        bodies = {str(digest): str(body) for digest, body in found}
+    return [
+        (
+            int(seq),
+            str(topic),
+            str(key),
+            _joined(str(payload), orjson.loads(parts), bodies) if parts else str(payload),
+        )
+        for seq, topic, key, payload, parts in rows
+    ]
+
+
+def _joined(payload: str, parts: Mapping[str, str], bodies: Mapping[str, str]) -> str:
+    # The standard library, not orjson: orjson reads an integer past 64 bits as a float.
+    envelope = json.loads(payload)
+    for field, digest in parts.items():
+        if digest not in bodies:
+            # Written in the row's own transaction and never deleted: a bug, not a state.
+            raise RuntimeError(f"outbox part {digest} of {envelope['id']} is missing")
+        envelope["data"][field] = bodies[digest]
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
 
 
 async def mark_published(conn: AsyncConnection, seqs: Sequence[int]) -> None:
     await conn.execute(update(outbox).where(outbox.c.seq.in_(seqs)).values(published_at=utcnow()))
 
 
-async def add(conn: AsyncConnection, topic: str, events: Sequence[Envelope]) -> int:
+async def add(
+    conn: AsyncConnection,
+    topic: str,
+    events: Sequence[Envelope],
+    shared: Sequence[str] = (),
+) -> int:
     """Write events to the outbox in the caller's transaction; an event id already in the
-    outbox is skipped (the same fact is never queued twice). Returns rows written."""
+    outbox is skipped (the same fact is never queued twice). Returns rows written.
+
+    A string in ``data`` under one of the ``shared`` names, ``PART_MIN_LENGTH`` long or
+    longer, is stored once by its digest in ``outbox_part`` and left out of the row; the
+    relay puts it back, so what is published is the whole event (decision 0805)."""
     now = utcnow()
-    return await insert_ignore(
-        conn,
-        outbox,
-        [
+    rows, parts = [], {}
+    for event in events:
+        apart: dict[str, str] = {}
+        for field in shared:
+            value = event.data.get(field)
+            if isinstance(value, str) and len(value) >= PART_MIN_LENGTH:
+                digest = hashlib.sha256(value.encode()).hexdigest()
+                parts[digest] = value
+                apart[field] = digest
+        if apart:
+            event = event.model_copy(update={"data": {**event.data, **dict.fromkeys(apart)}})
+        rows.append(
             {
-                "event_id": e.id,
+                "event_id": event.id,
                 "topic": topic,
-                "event_key": e.key,
-                "payload": e.to_bytes().decode(),
+                "event_key": event.key,
+                "payload": event.to_bytes().decode(),
                 "created_at": now,
                 "published_at": NOT_PUBLISHED,
+                "parts": orjson.dumps(apart).decode() if apart else None,
             }
-            for e in events
-        ],
-    )
+        )
+    if parts:
+        await insert_ignore(
+            conn,
+            outbox_part,
+            [{"digest": d, "body": body, "created_at": now} for d, body in sorted(parts.items())],
+        )
+    return await insert_ignore(conn, outbox, rows)
 
 
-async def publish(tx: Tx, topic: str, *events: Envelope) -> None:
-    """Queue events on ``topic`` in this transaction and wake the relay after the commit."""
-    await add(await tx.main(), topic, events)
+async def publish(tx: Tx, topic: str, *events: Envelope, shared: Sequence[str] = ()) -> None:
+    """Queue events on ``topic`` in this transaction and wake the relay after the commit;
+    ``shared``: data fields whose big values many events repeat (see ``add``)."""
+    await add(await tx.main(), topic, events, shared)
     for listener in tx.db.outbox_listeners:
         tx.after_commit(listener)
 
@@ -207,22 +286,21 @@ class OutboxRelay:
         total = 0
         while True:
             async with self.db.read(may_lag=False) as conn:
-                rows = (
-                    await conn.execute(
-                        select(outbox.c.seq, outbox.c.topic, outbox.c.event_key, outbox.c.payload)
-                        .where(
-                            outbox.c.published_at > NOT_PUBLISHED,
-                            outbox.c.created_at >= since,
-                            outbox.c.seq > last_seq,
-                        )
-                        .order_by(outbox.c.seq)
-                        .limit(self.settings.outbox_batch_size)
+                found = await conn.execute(
+                    select(*ROW)
+                    .where(
+                        outbox.c.published_at > NOT_PUBLISHED,
+                        outbox.c.created_at >= since,
+                        outbox.c.seq > last_seq,
                     )
-                ).all()
+                    .order_by(outbox.c.seq)
+                    .limit(self.settings.outbox_batch_size)
+                )
+                rows = await whole_rows(conn, found.all())
             if not rows:
                 break
             self._high_offsets.clear()
-            await self._send([tuple(r) for r in rows])
+            await self._send(rows)
             last_seq = rows[-1][0]
             total += len(rows)
         if total:
