@@ -272,7 +272,15 @@ async def test_big_repeated_values_are_stored_once_and_published_whole(
     short = "," + "7" * (PART_MIN_LENGTH - 3) + ","
     events = [
         *(
-            _event(n, chain=chain, big=2**63 - 1 - n, ratio=0.1 + n, note='天 "x"')
+            _event(
+                n,
+                chain=chain,
+                big=2**63 - 1 - n,
+                ratio=0.1 + n,
+                small=-1e-7 * (n + 1),
+                nested={"a": [1, -2.5, None, True]},
+                note='天 "x"',
+            )
             for n in range(3)
         ),
         _event(3, chain=other, previous=chain),
