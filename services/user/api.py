@@ -13,7 +13,7 @@ from starlette.responses import Response as StarletteResponse
 from libs.common.auth import Caller, authenticate
 from libs.common.db.engine import Tx
 from libs.common.errors import Forbidden
-from libs.common.lean_routes import json_answer, json_body
+from libs.common.lean_routes import json_answer, json_body, plain_answer
 from libs.common.masking import mask_phone
 from libs.common.messaging.outbox import utcnow
 from libs.common.runtime import Runtime, get_caller, get_runtime, runtime_of
@@ -284,11 +284,14 @@ async def get_ancestors(
     levels: int = Query(default=3, ge=1, le=10_000),
     runtime: Runtime = Depends(get_runtime),
     caller: Caller = Depends(get_caller),
-) -> AncestorsOut:
+) -> StarletteResponse:
     uid = parse_id(user_id)
     _self_or_platform(caller, uid)
-    return AncestorsOut.model_validate(
-        {"items": await relations.get_ancestors(runtime.db, uid, levels)}
+    ancestors = await relations.get_ancestors(runtime.db, uid, levels)
+    # AncestorsOut's JSON form, written without a model: validating and serializing a
+    # thousand items (twice, with FastAPI's response check) cost ten times the read.
+    return plain_answer(
+        {"items": [{"user_id": str(a), "level": n} for n, a in enumerate(ancestors, start=1)]}
     )
 
 
@@ -299,11 +302,12 @@ async def get_children(
     limit: int = Query(default=50, ge=1, le=500),
     runtime: Runtime = Depends(get_runtime),
     caller: Caller = Depends(get_caller),
-) -> ChildrenOut:
+) -> StarletteResponse:
     uid = parse_id(user_id)
     _self_or_platform(caller, uid)
     items, next_cursor = await relations.get_children(runtime.db, uid, cursor, limit)
-    return ChildrenOut.model_validate({"items": items, "next_cursor": next_cursor})
+    # Serialized here: FastAPI would validate the page against the model a second time.
+    return json_answer(ChildrenOut.model_validate({"items": items, "next_cursor": next_cursor}))
 
 
 @router.get("/relations/{user_id}/team", response_model=TeamOut)

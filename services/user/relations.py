@@ -14,7 +14,7 @@ from libs.common.db.prepared import Prepared
 from libs.common.errors import BadRequest
 from libs.common.ids import shard_of
 from services.user import paths
-from services.user.fan_out import across_shards
+from services.user.fan_out import across_shards_prepared
 from services.user.models import move_jobs, relations, team_counts
 from services.user.users import require_user
 
@@ -43,10 +43,15 @@ async def active_rewrites(main: AsyncConnection) -> list[Rewrite]:
     return [Rewrite(row["old_prefix"], row["new_prefix"], row["created_at"]) for row in rows]
 
 
+_RELATION_OF = [
+    Prepared(select(table).where(table.c.user_id == bindparam("user_id")))
+    for table in relations.tables
+]
+
+
 async def load_relation(conn: AsyncConnection, user_id: int) -> dict[str, Any] | None:
-    table = relations.for_id(user_id)
-    row = (await conn.execute(select(table).where(table.c.user_id == user_id))).mappings().first()
-    return dict(row) if row is not None else None
+    rows = await _RELATION_OF[shard_of(user_id)].rows(conn, {"user_id": user_id})
+    return rows[0] if rows else None
 
 
 def is_active(relation: dict[str, Any] | None, now: datetime) -> bool:
@@ -116,12 +121,10 @@ async def get_relation(db: Database, user_id: int, now: datetime) -> dict[str, A
     return relation_view(user_id, relation, path, now)
 
 
-async def get_ancestors(db: Database, user_id: int, levels: int) -> list[dict[str, Any]]:
+async def get_ancestors(db: Database, user_id: int, levels: int) -> list[int]:
+    """The user's ancestors, nearest first (the parent is level 1), at most ``levels``."""
     _, path = await read_path(db, user_id)
-    return [
-        {"user_id": ancestor, "level": distance}
-        for distance, ancestor in enumerate(ancestors_of(path, levels), start=1)
-    ]
+    return ancestors_of(path, levels)
 
 
 def _parse_cursor(cursor: str | None) -> int:
@@ -130,6 +133,22 @@ def _parse_cursor(cursor: str | None) -> int:
     if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
         raise BadRequest("malformed cursor", code="request.bad_cursor")
     return int(cursor)
+
+
+def _children_in(shard: int) -> Select[Any]:
+    table = relations.for_shard(shard)
+    return (
+        select(
+            table.c.user_id,
+            table.c.bound_at,
+            table.c.bind_source,
+            table.c.level,
+            table.c.expires_at,
+        )
+        .where(table.c.parent_id == bindparam("parent_id"), table.c.user_id > bindparam("after"))
+        .order_by(table.c.user_id)
+        .limit(bindparam("limit"))
+    )
 
 
 async def get_children(
@@ -142,22 +161,13 @@ async def get_children(
     async with db.read_shard(shard_of(user_id)) as conn:
         await require_user(conn, user_id)
 
-    def children_in(shard: int) -> Select[Any]:
-        table = relations.for_shard(shard)
-        return (
-            select(
-                table.c.user_id,
-                table.c.bound_at,
-                table.c.bind_source,
-                table.c.level,
-                table.c.expires_at,
-            )
-            .where(table.c.parent_id == user_id, table.c.user_id > after)
-            .order_by(table.c.user_id)
-            .limit(limit + 1)
-        )
-
-    found = await across_shards(db, children_in, "user_id")
+    found = await across_shards_prepared(
+        db,
+        "children",
+        _children_in,
+        {"parent_id": user_id, "after": after, "limit": limit + 1},
+        "user_id",
+    )
     page = found[:limit]
     next_cursor = str(page[-1]["user_id"]) if len(found) > limit else None
     return page, next_cursor

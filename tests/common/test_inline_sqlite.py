@@ -62,6 +62,13 @@ BY_IDS = Prepared(
     .order_by(visits.c.id)
 )
 SEEN_AFTER = Prepared(select(visits.c.name).where(visits.c.seen_at > bindparam("after")))
+# A bound LIMIT: SQLite's dialect adds an "OFFSET ?" whose value the statement carries.
+FIRST_AFTER = Prepared(
+    select(visits.c.id)
+    .where(visits.c.id > bindparam("after"))
+    .order_by(visits.c.id)
+    .limit(bindparam("limit"))
+)
 
 
 def _row(i: int, seen_at: datetime | None = None, hits: int = 1) -> dict[str, object]:
@@ -100,6 +107,8 @@ async def test_prepared_statements_answer_as_sqlalchemy_does(db: Database) -> No
         names = await SEEN_AFTER.rows(conn, {"after": datetime(2026, 11, 26, 17, 40, 1, 123455)})
         assert sorted(r["name"] for r in names) == ["n1", "n3", "n5"]
         assert await SEEN_AFTER.rows(conn, {"after": at}) == []
+        assert await FIRST_AFTER.rows(conn, {"after": 1, "limit": 2}) == [{"id": 2}, {"id": 3}]
+        assert await FIRST_AFTER.rows(conn, {"after": 4, "limit": 9}) == [{"id": 5}, {"id": 6}]
         hits = dict((await conn.execute(select(visits.c.id, visits.c.hits))).all())
         assert hits == {1: 5, 2: 1, 3: 1, 4: 1, 5: 17, 6: 2}
 

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from services.user.schemas import AncestorsOut, ChildrenOut
+
 
 def _tag() -> str:
     return secrets.token_hex(4)
@@ -109,14 +111,32 @@ def test_bind_relation_ancestors_children_and_team(api: httpx.Client) -> None:
     relation = api.get(f"/api/v1/relations/{buyers[0]}").json()
     assert relation["parent_id"] == mid and relation["root_id"] == top
     assert relation["level"] == 3 and relation["path"] == f",{top},{mid},{buyers[0]},"
-    ancestors = api.get(f"/api/v1/relations/{buyers[0]}/ancestors", params={"levels": 5}).json()
-    assert ancestors["items"] == [{"user_id": mid, "level": 1}, {"user_id": top, "level": 2}]
+    answer = api.get(f"/api/v1/relations/{buyers[0]}/ancestors", params={"levels": 5})
+    assert answer.json()["items"] == [{"user_id": mid, "level": 1}, {"user_id": top, "level": 2}]
+    # Written by hand (no model on the way out): exactly the declared model's JSON.
+    assert (
+        answer.content
+        == AncestorsOut.model_validate_json(answer.content).model_dump_json().encode()
+    )
+    assert answer.headers["content-type"] == "application/json"
+    one = api.get(f"/api/v1/relations/{buyers[0]}/ancestors", params={"levels": 1}).json()
+    assert one == {"items": [{"user_id": mid, "level": 1}]}
+    assert api.get(f"/api/v1/relations/{top}/ancestors").json() == {"items": []}
+    assert _error(api.get(f"/api/v1/relations/{top}/ancestors", params={"levels": 0})) == (
+        400,
+        "request.bad_parameter",
+    )
 
     seen: list[str] = []
     cursor = None
     while True:
         params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = api.get(f"/api/v1/relations/{mid}/children", params=params).json()
+        answer = api.get(f"/api/v1/relations/{mid}/children", params=params)
+        assert (
+            answer.content
+            == ChildrenOut.model_validate_json(answer.content).model_dump_json().encode()
+        )
+        page = answer.json()
         seen += [item["user_id"] for item in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:

@@ -51,7 +51,7 @@ async def test_bind_builds_the_path_and_levels(world: UserWorld) -> None:
     assert bound["parent_id"] == mid and bound["root_id"] == root and bound["level"] == 3
     assert bound["path"] == f",{root},{mid},{buyer},"
     assert bound["bind_source"] == "code" and bound["expires_at"] is None
-    assert [a["user_id"] for a in await relations.get_ancestors(world.db, buyer, 10)] == [
+    assert await relations.get_ancestors(world.db, buyer, 10) == [
         mid,
         root,
     ]
@@ -244,7 +244,7 @@ async def test_first_bind_of_a_promoter_with_a_team_carries_the_team(world: User
     team = await relations.get_team(world.db, top)
     assert (team["level1_count"], team["level2_count"], team["level3_count"]) == (1, 1, 1)
     # Ancestors are right at once, before the move job rewrote the stored paths.
-    assert [a["user_id"] for a in await relations.get_ancestors(world.db, buyer, 5)] == [
+    assert await relations.get_ancestors(world.db, buyer, 5) == [
         member,
         lead,
         top,
@@ -334,6 +334,44 @@ async def test_binds_under_one_deep_parent_store_its_ancestors_once(world: UserW
     assert UserBound.model_validate(rebound["data"]).previous_ancestors() == [
         c for c, _ in reversed(chain)
     ]
+
+
+async def test_children_page_across_every_shard_in_id_order(world: UserWorld) -> None:
+    """A parent's children live in their own shards: pages of any size list each child once,
+    in id order, with its relation as stored; another parent's children never show."""
+    await world.configure(bind_mode="expiring", bind_ttl_days=7)
+    parent, parent_code = await world.promoter("parent")
+    _, other_code = await world.promoter("other")
+    children = [await world.user(f"child-{i}") for i in range(40)]
+    for child in children:
+        await world.bind(child, parent_code, source="qr")
+    for i in range(5):
+        await world.bind(await world.user(f"stranger-{i}"), other_code)
+    assert len({shard_of(c) for c in children}) >= 12
+    async with world.db.read(may_lag=False) as conn:
+        stored = {c: await relations.load_relation(conn, c) for c in children}
+
+    for limit in (1, 7, 40, 500):
+        seen, cursor = [], None
+        while True:
+            page, cursor = await relations.get_children(world.db, parent, cursor, limit)
+            assert len(page) <= limit
+            seen += page
+            if cursor is None:
+                break
+            assert cursor == str(page[-1]["user_id"])
+        assert [item["user_id"] for item in seen] == sorted(children)
+        for item in seen:
+            row = stored[item["user_id"]]
+            assert row is not None
+            assert item == {
+                "user_id": row["user_id"],
+                "bound_at": row["bound_at"],
+                "bind_source": "qr",
+                "level": 2,
+                "expires_at": row["bound_at"] + timedelta(days=7),
+            }
+    assert await relations.get_children(world.db, children[0], None, 10) == ([], None)
 
 
 async def test_sqlite_databases_from_before_get_the_bounded_path_index(db: Database) -> None:

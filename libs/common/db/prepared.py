@@ -39,6 +39,8 @@ class _Compiled:
     bind_processors: dict[str, Callable[[Any], Any]]
     keys: list[str]  # result column keys
     result_processors: list[Processor]
+    # Values the statement carries itself (SQLite's "OFFSET ?" = 0 after a bound LIMIT).
+    defaults: dict[str, Any]
 
 
 def _compile(statement: Executable, dialect: Dialect, column_keys: Sequence[str]) -> _Compiled:
@@ -59,6 +61,11 @@ def _compile(statement: Executable, dialect: Dialect, column_keys: Sequence[str]
         result_processors=[
             entry[3]._cached_result_processor(dialect, None) for entry in compiled._result_columns
         ],
+        defaults={
+            name: compiled.binds[name].effective_value
+            for name in names
+            if not compiled.binds[name].required
+        },
     )
 
 
@@ -157,6 +164,8 @@ def _bound(compiled: _Compiled, params: Params) -> tuple[str, list[Any]]:
     SQLAlchemy converts them."""
     values: list[Any] = []
     processors = compiled.bind_processors
+    if compiled.defaults:
+        params = {**compiled.defaults, **params}
     if not compiled.expanding:
         for name in compiled.names:
             value = params[name]
