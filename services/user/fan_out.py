@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import Select, select, union_all
 
 from libs.common.db.engine import Database
 from libs.common.db.prepared import Prepared
+
+
+async def _merged(
+    db: Database,
+    from_database: Callable[[list[int]], Awaitable[list[dict[str, Any]]]],
+    order_key: str,
+) -> list[dict[str, Any]]:
+    """``from_database(shards)`` for each physical database's shards, concurrently; the rows
+    merged and sorted by ``order_key``."""
+    groups = list(db.shards_by_url().values())
+    found = [row for rows in await asyncio.gather(*map(from_database, groups)) for row in rows]
+    found.sort(key=lambda row: row[order_key])
+    return found
 
 
 async def across_shards(
@@ -26,10 +39,7 @@ async def across_shards(
             rows = await conn.execute(union_all(*parts))
             return [dict(row) for row in rows.mappings()]
 
-    groups = list(db.shards_by_url().values())
-    found = [row for rows in await asyncio.gather(*map(from_database, groups)) for row in rows]
-    found.sort(key=lambda row: row[order_key])
-    return found
+    return await _merged(db, from_database, order_key)
 
 
 _PREPARED: dict[tuple[str, tuple[int, ...]], Prepared] = {}
@@ -58,7 +68,4 @@ async def across_shards_prepared(
         async with db.read_shard(shards[0]) as conn:
             return await statement.rows(conn, params)
 
-    groups = list(db.shards_by_url().values())
-    found = [row for rows in await asyncio.gather(*map(from_database, groups)) for row in rows]
-    found.sort(key=lambda row: row[order_key])
-    return found
+    return await _merged(db, from_database, order_key)

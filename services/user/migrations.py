@@ -6,7 +6,7 @@ from sqlalchemy import Index, Table, inspect, text
 from sqlalchemy.engine import Connection
 
 from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
-from libs.common.db.migrations import Migration, MigrationContext
+from libs.common.db.migrations import Migration, MigrationContext, add_missing_columns
 from services.user.models import PATH_HEAD_LENGTH, SHARDED, main_metadata, relations, users
 from services.user.pii import pii_metadata
 
@@ -33,21 +33,12 @@ async def _pii_at_rest(ctx: MigrationContext) -> None:
         async with ctx.db.engine_for_url(url).begin() as conn:
             for shard in shards:
                 table = users.for_shard(shard)
+                await add_missing_columns(conn, table, _PII_COLUMNS)
 
-                def present(sync: Connection, name: str = table.name) -> tuple[set[str], set[str]]:
-                    inspector = inspect(sync)
-                    columns = {c["name"] for c in inspector.get_columns(name)}
-                    indexes = {str(i["name"]) for i in inspector.get_indexes(name)}
-                    return columns, indexes
+                def present(sync: Connection, name: str = table.name) -> set[str]:
+                    return {str(i["name"]) for i in inspect(sync).get_indexes(name)}
 
-                columns, indexes = await conn.run_sync(present)
-                quote = conn.dialect.identifier_preparer.quote
-                for name in _PII_COLUMNS:
-                    if name not in columns:
-                        kind = table.c[name].type.compile(dialect=conn.dialect)
-                        await conn.execute(
-                            text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {kind}")
-                        )
+                indexes = await conn.run_sync(present)
                 for index in table.indexes:
                     if index.name not in indexes:
 

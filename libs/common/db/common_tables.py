@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import Column, DateTime, MetaData, String, Table
 
 from libs.common.audit import audit_metadata
 from libs.common.business_settings import business_settings_metadata
 from libs.common.db.global_index import global_index_metadata
-from libs.common.db.migrations import Migration, MigrationContext
+from libs.common.db.migrations import Migration, MigrationContext, add_missing_columns
 from libs.common.messaging.consumer import inbox_metadata
 from libs.common.messaging.outbox import AutoId, outbox, outbox_metadata
 
@@ -49,16 +48,7 @@ async def _outbox_parts(ctx: MigrationContext) -> None:
     skipped if present: a database created after this step already has them."""
     await ctx.create_tables(outbox_metadata)
     async with ctx.db.primary.begin() as conn:
-
-        def columns(sync: Connection) -> set[str]:
-            return {c["name"] for c in inspect(sync).get_columns(outbox.name)}
-
-        if "parts" not in await conn.run_sync(columns):
-            quote = conn.dialect.identifier_preparer.quote
-            kind = outbox.c.parts.type.compile(dialect=conn.dialect)
-            await conn.execute(
-                text(f"ALTER TABLE {quote(outbox.name)} ADD COLUMN {quote('parts')} {kind}")
-            )
+        await add_missing_columns(conn, outbox, ["parts"])
 
 
 def outbox_parts_migration(version: int) -> Migration:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, select, text
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,6 +58,24 @@ class MigrationContext:
         async with self.db.primary.begin() as conn:
             for statement in statements:
                 await conn.execute(text(statement))
+
+
+async def add_missing_columns(conn: AsyncConnection, table: Table, names: Sequence[str]) -> None:
+    """Add each of ``names`` (columns of the model ``table``, nullable) that the database's
+    table lacks: how a step gives tables made by an earlier version their new columns, and
+    does nothing where a later version already made them."""
+
+    def present(sync: Connection) -> set[str]:
+        return {column["name"] for column in inspect(sync).get_columns(table.name)}
+
+    existing = await conn.run_sync(present)
+    quote = conn.dialect.identifier_preparer.quote
+    for name in names:
+        if name not in existing:
+            kind = table.c[name].type.compile(dialect=conn.dialect)
+            await conn.execute(
+                text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {kind}")
+            )
 
 
 @dataclass(frozen=True)

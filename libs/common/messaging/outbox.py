@@ -122,7 +122,8 @@ async def pending_rows(conn: AsyncConnection, limit: int) -> list[tuple[int, str
 async def whole_rows(conn: AsyncConnection, rows: Sequence[Any]) -> list[tuple[int, str, str, str]]:
     """Outbox rows read as ``ROW``, given back as ``(seq, topic, key, payload)`` with the
     values stored apart put back into their payloads: the events as they are published."""
-    wanted = {digest for row in rows if row[4] for digest in orjson.loads(row[4]).values()}
+    parts_of = [orjson.loads(row[4]) if row[4] else None for row in rows]
+    wanted = {digest for parts in parts_of if parts for digest in parts.values()}
     bodies: dict[str, str] = {}
     if wanted:
         found = await conn.execute(
@@ -133,12 +134,12 @@ async def whole_rows(conn: AsyncConnection, rows: Sequence[Any]) -> list[tuple[i
         bodies = {str(digest): str(body) for digest, body in found}
     return [
         (
-            int(seq),
-            str(topic),
-            str(key),
-            _joined(str(payload), orjson.loads(parts), bodies) if parts else str(payload),
+            int(row[0]),
+            str(row[1]),
+            str(row[2]),
+            _joined(str(row[3]), parts, bodies) if parts else str(row[3]),
         )
-        for seq, topic, key, payload, parts in rows
+        for row, parts in zip(rows, parts_of, strict=True)
     ]
 
 
