@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import sqlite3
 import subprocess
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -234,7 +235,16 @@ async def test_marking_a_big_row_published_rewrites_it_in_place(tmp_path: Path) 
     def log_frames(checkpoint: str) -> int:
         conn = sqlite3.connect(path)
         try:
-            return int(conn.execute(f"PRAGMA wal_checkpoint({checkpoint})").fetchone()[1])
+            # The engine's background checkpointer may be mid-pass: SQLite then answers busy
+            # (-1 frames); ask again.
+            for _ in range(500):
+                busy, frames, _copied = conn.execute(
+                    f"PRAGMA wal_checkpoint({checkpoint})"
+                ).fetchone()
+                if not busy and frames >= 0:
+                    return int(frames)
+                time.sleep(0.01)
+            raise AssertionError("the log stayed busy for 5 s")
         finally:
             conn.close()
 
