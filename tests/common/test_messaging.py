@@ -324,6 +324,47 @@ async def test_big_repeated_values_are_stored_once_and_published_whole(
         assert received[event.id].to_bytes() == event.to_bytes()
 
 
+async def test_a_part_is_remembered_only_once_committed(db: Database) -> None:
+    """A process does not write a part it has committed again; a part whose transaction rolled
+    back is written by the next event that needs it, so no row ever lacks its part."""
+    await migrate(db, MIGRATIONS)
+    chain = "," + "2k9x0ij32e8e7," * 300
+
+    class Refused(Exception):
+        pass
+
+    async def refused(tx: Tx) -> None:
+        await publish(tx, "test.parts", _event(0, chain=chain), shared=("chain",))
+        raise Refused
+
+    with pytest.raises(Refused):
+        await db.run(refused)
+    events = [_event(n, chain=chain) for n in (1, 2)]
+
+    async def emit(event: Envelope) -> None:
+        async def work(tx: Tx) -> None:
+            await publish(tx, "test.parts", event, shared=("chain",))
+
+        await db.run(work)
+
+    async def forget_parts(tx: Tx) -> None:
+        # Never done in life: shows that the second event does not write the part again.
+        await (await tx.main()).execute(outbox_part.delete())
+
+    await emit(events[0])
+    async with db.read(may_lag=False) as conn:
+        first_part = (await conn.execute(select(outbox_part.c.digest, outbox_part.c.body))).all()
+    await db.run(forget_parts)
+    await emit(events[1])
+    async with db.read(may_lag=False) as conn:
+        second_part = (await conn.execute(select(outbox_part.c.digest))).all()
+        rows = (await conn.execute(select(*ROW).order_by(outbox.c.seq))).all()
+    assert [body for _, body in first_part] == [chain]
+    assert second_part == []  # the second event took the remembered digest
+    assert [row.event_key for row in rows] == ["1", "2"]
+    assert [orjson.loads(row.parts) for row in rows] == [{"chain": first_part[0][0]}] * 2
+
+
 async def test_an_outbox_from_before_gets_its_parts(db: Database) -> None:
     """A database whose outbox predates parts gains the column and the table; its rows
     read back as they were written."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -160,6 +162,82 @@ async def mark_published(conn: AsyncConnection, seqs: Sequence[int]) -> None:
     await conn.execute(update(outbox).where(outbox.c.seq.in_(seqs)).values(published_at=utcnow()))
 
 
+class _PartsWritten:
+    """The parts one process has committed, by body, newest last: an event that repeats one
+    (every bind under one deep parent repeats its ancestors) takes its digest without hashing
+    the body again and writes no part row. Parts are never deleted, so a part once committed
+    stays; only committed parts are remembered."""
+
+    SIZE = 128
+
+    def __init__(self) -> None:
+        self._digests: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, body: str) -> str | None:
+        digest = self._digests.get(body)
+        if digest is not None:
+            self._digests.move_to_end(body)
+        return digest
+
+    def add(self, parts: Mapping[str, str]) -> None:
+        for digest, body in parts.items():
+            self._digests[body] = digest
+            self._digests.move_to_end(body)
+        while len(self._digests) > self.SIZE:
+            self._digests.popitem(last=False)
+
+
+# One memory per database a process writes to (tests open many, one after the other).
+_PARTS_WRITTEN: WeakKeyDictionary[Database, _PartsWritten] = WeakKeyDictionary()
+
+
+def _rows(
+    topic: str,
+    events: Sequence[Envelope],
+    shared: Sequence[str],
+    now: datetime,
+    written: _PartsWritten | None,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The outbox rows of ``events`` and the parts they need that are not known to be written
+    (digest → body)."""
+    rows, parts = [], {}
+    for event in events:
+        apart: dict[str, str] = {}
+        for field in shared:
+            value = event.data.get(field)
+            if isinstance(value, str) and len(value) >= PART_MIN_LENGTH:
+                digest = written.get(value) if written is not None else None
+                if digest is None:
+                    digest = hashlib.sha256(value.encode()).hexdigest()
+                    parts[digest] = value
+                apart[field] = digest
+        data = {**event.data, **dict.fromkeys(apart)} if apart else None
+        rows.append(
+            {
+                "event_id": event.id,
+                "topic": topic,
+                "event_key": event.key,
+                "payload": event.to_bytes(data).decode(),
+                "created_at": now,
+                "published_at": NOT_PUBLISHED,
+                "parts": orjson.dumps(apart).decode() if apart else None,
+            }
+        )
+    return rows, parts
+
+
+async def _write(
+    conn: AsyncConnection, rows: list[dict[str, Any]], parts: Mapping[str, str], now: datetime
+) -> int:
+    if parts:
+        await insert_ignore(
+            conn,
+            outbox_part,
+            [{"digest": d, "body": body, "created_at": now} for d, body in sorted(parts.items())],
+        )
+    return await insert_ignore(conn, outbox, rows)
+
+
 async def add(
     conn: AsyncConnection,
     topic: str,
@@ -173,41 +251,27 @@ async def add(
     longer, is stored once by its digest in ``outbox_part`` and left out of the row; the
     relay puts it back, so what is published is the whole event (decision 0805)."""
     now = utcnow()
-    rows, parts = [], {}
-    for event in events:
-        apart: dict[str, str] = {}
-        for field in shared:
-            value = event.data.get(field)
-            if isinstance(value, str) and len(value) >= PART_MIN_LENGTH:
-                digest = hashlib.sha256(value.encode()).hexdigest()
-                parts[digest] = value
-                apart[field] = digest
-        if apart:
-            event = event.model_copy(update={"data": {**event.data, **dict.fromkeys(apart)}})
-        rows.append(
-            {
-                "event_id": event.id,
-                "topic": topic,
-                "event_key": event.key,
-                "payload": event.to_bytes().decode(),
-                "created_at": now,
-                "published_at": NOT_PUBLISHED,
-                "parts": orjson.dumps(apart).decode() if apart else None,
-            }
-        )
-    if parts:
-        await insert_ignore(
-            conn,
-            outbox_part,
-            [{"digest": d, "body": body, "created_at": now} for d, body in sorted(parts.items())],
-        )
-    return await insert_ignore(conn, outbox, rows)
+    rows, parts = _rows(topic, events, shared, now, None)
+    return await _write(conn, rows, parts, now)
 
 
 async def publish(tx: Tx, topic: str, *events: Envelope, shared: Sequence[str] = ()) -> None:
     """Queue events on ``topic`` in this transaction and wake the relay after the commit;
-    ``shared``: data fields whose big values many events repeat (see ``add``)."""
-    await add(await tx.main(), topic, events, shared)
+    ``shared``: data fields whose big values many events repeat (see ``add``). Parts this
+    process has already committed are not written again."""
+    now = utcnow()
+    written = _PARTS_WRITTEN.get(tx.db) if shared else None
+    if shared and written is None:
+        written = _PARTS_WRITTEN[tx.db] = _PartsWritten()
+    rows, parts = _rows(topic, events, shared, now, written)
+    await _write(await tx.main(), rows, parts, now)
+    if parts and written is not None:
+        remember = written
+
+        async def committed() -> None:
+            remember.add(parts)
+
+        tx.after_commit(committed)
     for listener in tx.db.outbox_listeners:
         tx.after_commit(listener)
 
