@@ -237,6 +237,42 @@ async def write_one(tx: Tx) -> None:
     await insert_ignore(await tx.main(), visits, [_row(500)])
 
 
+async def test_an_idle_process_runs_no_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a pass has copied the whole log, the checkpointer waits for the process's next
+    write transaction; reads alone start no pass."""
+    monkeypatch.setattr(Checkpointer, "interval", 0.01)
+    path = tmp_path / "idle.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await migrate(db, MIGRATIONS)
+    await db.run(write_one)
+    (checkpointer,) = Checkpointer._running[asyncio.get_running_loop()].values()
+
+    async def settled() -> int:
+        for _ in range(500):
+            if checkpointer.caught_up:
+                return checkpointer.passive
+            await asyncio.sleep(0.01)
+        raise AssertionError("the log was never wholly copied")
+
+    passes = await settled()
+    for _ in range(20):
+        async with db.read(may_lag=False) as conn:
+            assert await conn.scalar(select(func.count()).select_from(visits)) == 1
+        await asyncio.sleep(0.01)
+    assert checkpointer.passive == passes  # 0.2 s idle: no pass
+    writes = checkpointer.writes
+
+    async def write_another(tx: Tx) -> None:
+        await insert_ignore(await tx.main(), visits, [_row(501)])
+
+    await db.run(write_another)
+    assert checkpointer.writes == writes + 1
+    assert await settled() > passes  # the new write was copied by a pass of its own
+    await db.dispose()
+
+
 async def test_the_log_is_checkpointed_in_the_background_and_stays_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
