@@ -11,24 +11,31 @@ any of that: it runs the same request-id and metrics middlewares around the endp
 answers an exception with the app's own exception handlers, in the one envelope. Any other
 request goes through FastAPI as usual. The FastAPI route with the same path stays declared,
 for the OpenAPI document and as the contract the lean route keeps. A service lists its lean
-routes in ``ServiceSpec.lean_routes`` (docs/decisions/0106-lean-routes.md).
+routes in ``ServiceSpec.lean_routes`` (docs/decisions/0106-lean-routes.md). A lean route's
+path may hold parameters (``/api/v1/relations/{user_id}/team``) that match digits only, the
+ids of our paths: a literal segment in their place (``/relations/moves/...``) is never taken
+from the route FastAPI would choose for it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+_PARAMETER = re.compile(r"{(\w+)}")
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -63,6 +70,21 @@ async def json_body(request: Request, model: type[M]) -> M:
         ) from None
 
 
+def query_parameter(request: Request, name: str, adapter: TypeAdapter[T], default: T) -> T:
+    """A query parameter as FastAPI reads a declared one: the last value given, validated by
+    the same pydantic type; a bad one is the same 400 ``request.bad_parameter`` with the
+    problems located under ``query``."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as invalid:
+        raise RequestValidationError(
+            [{**error, "loc": ("query", name, *error["loc"])} for error in invalid.errors()]
+        ) from None
+
+
 def json_answer(model: BaseModel, status_code: int = 200) -> Response:
     """The model as ``model_dump_json`` writes it, byte for byte, encoded by orjson: pydantic
     escapes long strings a character at a time (12 µs for a 1,000-deep path, orjson 2 µs)."""
@@ -86,22 +108,53 @@ class LeanApp(FastAPI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lean: dict[tuple[str, str], ASGIApp] = {}
+        self._lean_templates: list[tuple[str, re.Pattern[str], ASGIApp]] = []
 
     def serve_lean(self, routes: Sequence[Route], wrap: Any) -> None:
-        """Serve ``routes`` (exact paths) through ``wrap(endpoint_app)``: the middlewares a
-        lean request still passes (request id, metrics)."""
+        """Serve ``routes`` through ``wrap(endpoint_app)``: the middlewares a lean request
+        still passes (request id, metrics). A path's ``{parameters}`` match digits only, and
+        reach the endpoint as strings in ``request.path_params``. HEAD stays with FastAPI,
+        whose routes declare no HEAD of their own (Starlette's ``Route`` adds it to GET)."""
         for route in routes:
-            for method in route.methods or ():
-                self._lean[(method, route.path)] = wrap(_LeanEndpoint(self, route))
+            endpoint = wrap(_LeanEndpoint(self, route))
+            for method in sorted(route.methods or ()):
+                if method == "HEAD":
+                    continue
+                if _PARAMETER.search(route.path):
+                    self._lean_templates.append((method, _pattern(route.path), endpoint))
+                else:
+                    self._lean[(method, route.path)] = endpoint
+
+    def _lean_for(self, scope: Scope) -> ASGIApp | None:
+        lean = self._lean.get((scope["method"], scope["path"]))
+        if lean is None:
+            for method, pattern, endpoint in self._lean_templates:
+                match = pattern.match(scope["path"]) if method == scope["method"] else None
+                if match is not None:
+                    scope["path_params"] = match.groupdict()
+                    return endpoint
+        return lean
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            lean = self._lean.get((scope["method"], scope["path"]))
+            lean = self._lean_for(scope)
             if lean is not None:
                 scope["app"] = self
                 await lean(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """The whole path ``template`` with each ``{name}`` standing for digits."""
+    pieces = _PARAMETER.split(template)  # literal, name, literal, name, ..., literal
+    return re.compile(
+        "".join(
+            re.escape(piece) if index % 2 == 0 else f"(?P<{piece}>[0-9]+)"
+            for index, piece in enumerate(pieces)
+        )
+        + r"\Z"
+    )
 
 
 class _LeanEndpoint:

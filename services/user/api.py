@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import Field, TypeAdapter
 from starlette.responses import Response as StarletteResponse
 
 from libs.common.auth import Caller, authenticate
 from libs.common.db.engine import Tx
 from libs.common.errors import Forbidden
-from libs.common.lean_routes import json_answer, json_body, plain_answer
+from libs.common.lean_routes import json_answer, json_body, plain_answer, query_parameter
 from libs.common.masking import mask_phone
 from libs.common.messaging.outbox import utcnow
 from libs.common.runtime import Runtime, get_caller, get_runtime, runtime_of
@@ -278,12 +279,35 @@ async def get_relation(
     return RelationOut.model_validate(await relations.get_relation(runtime.db, uid, utcnow()))
 
 
+# The query parameters of the relation reads, shared by their FastAPI declarations (the
+# OpenAPI document) and their lean routes (the requests).
+ANCESTOR_LEVELS_DEFAULT, ANCESTOR_LEVELS_MAX = 3, 10_000
+CHILDREN_LIMIT_DEFAULT, CHILDREN_LIMIT_MAX = 50, 500
+_LEVELS = TypeAdapter(Annotated[int, Field(ge=1, le=ANCESTOR_LEVELS_MAX)])
+_LIMIT = TypeAdapter(Annotated[int, Field(ge=1, le=CHILDREN_LIMIT_MAX)])
+_CURSOR: TypeAdapter[str | None] = TypeAdapter(str | None)
+
+
 @router.get("/relations/{user_id}/ancestors", response_model=AncestorsOut)
 async def get_ancestors(
     user_id: str,
-    levels: int = Query(default=3, ge=1, le=10_000),
+    levels: int = Query(default=ANCESTOR_LEVELS_DEFAULT, ge=1, le=ANCESTOR_LEVELS_MAX),
     runtime: Runtime = Depends(get_runtime),
     caller: Caller = Depends(get_caller),
+) -> StarletteResponse:
+    """The contract; requests are served by ``ancestors_lean`` (same steps)."""
+    return await _ancestors(runtime, caller, user_id, levels)
+
+
+async def ancestors_lean(request: Request) -> StarletteResponse:
+    runtime = runtime_of(request)
+    caller = authenticate(request, runtime.settings)
+    levels = query_parameter(request, "levels", _LEVELS, ANCESTOR_LEVELS_DEFAULT)
+    return await _ancestors(runtime, caller, request.path_params["user_id"], levels)
+
+
+async def _ancestors(
+    runtime: Runtime, caller: Caller, user_id: str, levels: int
 ) -> StarletteResponse:
     uid = parse_id(user_id)
     _self_or_platform(caller, uid)
@@ -299,9 +323,24 @@ async def get_ancestors(
 async def get_children(
     user_id: str,
     cursor: str | None = None,
-    limit: int = Query(default=50, ge=1, le=500),
+    limit: int = Query(default=CHILDREN_LIMIT_DEFAULT, ge=1, le=CHILDREN_LIMIT_MAX),
     runtime: Runtime = Depends(get_runtime),
     caller: Caller = Depends(get_caller),
+) -> StarletteResponse:
+    """The contract; requests are served by ``children_lean`` (same steps)."""
+    return await _children(runtime, caller, user_id, cursor, limit)
+
+
+async def children_lean(request: Request) -> StarletteResponse:
+    runtime = runtime_of(request)
+    caller = authenticate(request, runtime.settings)
+    cursor = query_parameter(request, "cursor", _CURSOR, None)
+    limit = query_parameter(request, "limit", _LIMIT, CHILDREN_LIMIT_DEFAULT)
+    return await _children(runtime, caller, request.path_params["user_id"], cursor, limit)
+
+
+async def _children(
+    runtime: Runtime, caller: Caller, user_id: str, cursor: str | None, limit: int
 ) -> StarletteResponse:
     uid = parse_id(user_id)
     _self_or_platform(caller, uid)
@@ -313,10 +352,22 @@ async def get_children(
 @router.get("/relations/{user_id}/team", response_model=TeamOut)
 async def get_team(
     user_id: str, runtime: Runtime = Depends(get_runtime), caller: Caller = Depends(get_caller)
-) -> TeamOut:
+) -> StarletteResponse:
+    """The contract; requests are served by ``team_lean`` (same steps)."""
+    return await _team(runtime, caller, user_id)
+
+
+async def team_lean(request: Request) -> StarletteResponse:
+    runtime = runtime_of(request)
+    return await _team(
+        runtime, authenticate(request, runtime.settings), request.path_params["user_id"]
+    )
+
+
+async def _team(runtime: Runtime, caller: Caller, user_id: str) -> StarletteResponse:
     uid = parse_id(user_id)
     _self_or_platform(caller, uid)
-    return TeamOut.model_validate(await relations.get_team(runtime.db, uid))
+    return json_answer(TeamOut.model_validate(await relations.get_team(runtime.db, uid)))
 
 
 @router.get("/relations/{user_id}/history", response_model=HistoryPage)

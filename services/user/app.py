@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from libs.common.diagnostics import diagnostics_router
 from libs.common.runtime import Runtime, ServiceSpec, Task, create_service_app
-from services.user.api import bind_lean, router
+from services.user.api import ancestors_lean, bind_lean, children_lean, router, team_lean
 from services.user.consumers import subscriptions
 from services.user.migrations import MIGRATIONS
 from services.user.moves import move_worker
@@ -44,7 +44,12 @@ SPEC = ServiceSpec(
     settings_model=UserSettings,
     settings_class=UserDeploySettings,
     on_start=check_pii_keys,
-    lean_routes=[Route("/api/v1/relations/bind", bind_lean, methods=["POST"])],
+    lean_routes=[
+        Route("/api/v1/relations/bind", bind_lean, methods=["POST"]),
+        Route("/api/v1/relations/{user_id}/ancestors", ancestors_lean, methods=["GET"]),
+        Route("/api/v1/relations/{user_id}/children", children_lean, methods=["GET"]),
+        Route("/api/v1/relations/{user_id}/team", team_lean, methods=["GET"]),
+    ],
 )
 
 

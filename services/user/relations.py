@@ -49,6 +49,12 @@ _RELATION_OF = [
 ]
 
 
+_TEAM_OF = [
+    Prepared(select(table).where(table.c.user_id == bindparam("user_id")))
+    for table in team_counts.tables
+]
+
+
 async def load_relation(conn: AsyncConnection, user_id: int) -> dict[str, Any] | None:
     rows = await _RELATION_OF[shard_of(user_id)].rows(conn, {"user_id": user_id})
     return rows[0] if rows else None
@@ -177,13 +183,10 @@ async def get_team(db: Database, user_id: int) -> dict[str, Any]:
     """Team counts by level (1-3, exact in the bind transaction) and the whole team (applied
     from user.bound events, so it may trail by the consumer's lag)."""
     async with db.read_shard(shard_of(user_id)) as conn:
-        table = team_counts.for_id(user_id)
-        row = (
-            (await conn.execute(select(table).where(table.c.user_id == user_id))).mappings().first()
-        )
-        if row is None:
+        rows = await _TEAM_OF[shard_of(user_id)].rows(conn, {"user_id": user_id})
+        if not rows:
             await require_user(conn, user_id)
-    counts = dict(row) if row is not None else {}
+    counts = rows[0] if rows else {}
     return {
         "user_id": user_id,
         "level1_count": int(counts.get("level1_count", 0)),

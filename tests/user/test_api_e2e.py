@@ -299,3 +299,54 @@ def test_bind_is_served_as_its_contract_says(api: httpx.Client, stack: Any) -> N
         assert f'path="/api/v1/relations/bind",service="user",status="{status}"' in metrics.replace(
             'method="POST",', ""
         )
+
+
+def test_relation_reads_are_served_as_their_contract_says(api: httpx.Client, stack: Any) -> None:
+    """Ancestors, children and team are lean routes: the same answers, the same refusals of
+    bad parameters (400, located), 401 without credentials, metrics by route template."""
+    top, code = _promoter(api)
+    child = _user(api)
+    assert _bind(api, child, code).status_code == 200
+    base = f"/api/v1/relations/{child}"
+    assert api.get(f"{base}/ancestors", params={"levels": 10_000}).json() == {
+        "items": [{"user_id": top, "level": 1}]
+    }
+    children = api.get(f"/api/v1/relations/{top}/children", params={"limit": 500}).json()
+    assert children["items"][0]["user_id"] == child and children["next_cursor"] is None
+    team = api.get(f"/api/v1/relations/{top}/team")
+    assert team.headers["content-type"] == "application/json"
+    assert set(team.json()) == {
+        "user_id",
+        "level1_count",
+        "level2_count",
+        "level3_count",
+        "team_size",
+    }
+    assert team.json()["level1_count"] == 1
+
+    for path, params, field in [
+        ("ancestors", {"levels": 0}, "levels"),
+        ("ancestors", {"levels": 10_001}, "levels"),
+        ("ancestors", {"levels": "three"}, "levels"),
+        ("children", {"limit": 501}, "limit"),
+        ("children", {"limit": ""}, "limit"),
+    ]:
+        refused = api.get(f"{base}/{path}", params=params)
+        assert _error(refused) == (400, "request.bad_parameter"), (path, params, refused.text)
+        assert [p["loc"] for p in refused.json()["error"]["details"]["errors"]] == [
+            ["query", field]
+        ]
+    for path in ("ancestors", "children", "team"):
+        assert _error(api.get(f"/api/v1/relations/0/{path}"))[0] == 400  # not an id
+        assert _error(api.get(f"/api/v1/relations/x{child}/{path}"))[0] == 400
+        anonymous = httpx.get(f"{stack.service_url('user')}{base}/{path}")
+        assert _error(anonymous) == (401, "auth.unauthenticated")
+
+    metrics = httpx.get(f"{stack.service_url('user')}/metrics").text.replace('method="GET",', "")
+    for path, statuses in [("ancestors", (200, 400, 401)), ("children", (200, 400, 401))]:
+        for status in statuses:
+            assert (
+                f'path="/api/v1/relations/{{user_id}}/{path}",service="user",status="{status}"'
+                in metrics
+            )
+    assert 'path="/api/v1/relations/{user_id}/team",service="user",status="200"' in metrics
