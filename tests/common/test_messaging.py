@@ -27,7 +27,7 @@ from libs.common.messaging.consumer import (
     replay_dead_letters,
 )
 from libs.common.messaging.envelope import Envelope, make_event
-from libs.common.messaging.kafka import make_producer
+from libs.common.messaging.kafka import ensure_topics, make_producer
 from libs.common.messaging.outbox import (
     NOT_PUBLISHED,
     PART_MIN_LENGTH,
@@ -169,6 +169,50 @@ async def test_outbox_events_are_applied_exactly_once(db: Database, broker: str)
         assert await harness.relay.backlog() == 0
     finally:
         await harness.close()
+
+
+async def test_a_poll_is_one_transaction_across_partitions(db: Database, broker: str) -> None:
+    """What one poll brings from several partitions is applied in one transaction (a handler
+    that sums along paths pays per transaction), each partition's events in their order."""
+    await migrate(db, MIGRATIONS)
+    calls: list[list[str]] = []
+
+    async def keep(tx: Tx, events: Sequence[Envelope]) -> None:
+        calls.append([e.key for e in events])
+        await _apply(tx, events)
+
+    harness = Harness(db, broker, keep)
+    await ensure_topics(harness.settings, [harness.topic])
+    await harness.producer.start()
+    events = [_event(n) for n in range(40)]
+    partition_of = {}
+    for event in events:
+        sent = await harness.producer.send_and_wait(
+            harness.topic, event.to_bytes(), key=event.key.encode()
+        )
+        partition_of[event.key] = sent.partition
+    consumer = EventConsumer(
+        Subscription("effects", [harness.topic], keep), db, harness.producer, harness.settings
+    )
+    task = asyncio.create_task(consumer.run(harness.stop))
+    try:
+
+        async def all_applied() -> bool:
+            return len(await _effect_counts(db)) == len(events)
+
+        await _eventually(all_applied)
+    finally:
+        harness.stop.set()
+        await asyncio.wait([task], timeout=10)
+        task.cancel()
+        await harness.producer.stop()
+    assert sorted(key for call in calls for key in call) == sorted(e.key for e in events)
+    assert len(set(partition_of.values())) > 1
+    assert max(len({partition_of[key] for key in call}) for call in calls) > 1
+    for call in calls:
+        for partition in set(partition_of.values()):
+            keys = [int(key) for key in call if partition_of[key] == partition]
+            assert keys == sorted(keys)  # sent in key order, applied in it
 
 
 async def test_rows_from_before_the_not_published_mark_are_published_too(

@@ -280,7 +280,14 @@ class EventConsumer:
                     batches = await self.consumer.getmany(
                         timeout_ms=200, max_records=self.settings.consumer_batch_size
                     )
-                    for records in batches.values():
+                    # One transaction per topic, not per partition: a handler that sums
+                    # (team counts along a 1,000-deep path) pays per transaction, and events
+                    # of one parent's children are spread over every partition by their
+                    # keys. Each partition's records stay in their order.
+                    by_topic: dict[str, list[ConsumerRecord]] = {}
+                    for partition, records in sorted(batches.items()):
+                        by_topic.setdefault(partition.topic, []).extend(records)
+                    for records in by_topic.values():
                         if records:
                             await self._process_batch(records)
                     # Never commit positions of a broker that forgot everything: on the new
