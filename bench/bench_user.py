@@ -351,11 +351,27 @@ class _Client:
             return response.status, await response.json()
 
 
+async def _settled(pid: int, limit_seconds: float = 600.0) -> float:
+    """Wait until the service is idle (under a fifth of a core for a second); returns how
+    long that took. A process with workers starts with background passes over the whole
+    seeded tree (the personal-data pass of the users it finds unsealed), which a steady-state
+    figure must not include."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_seconds:
+        before = _cpu_seconds(pid)
+        await asyncio.sleep(1.0)
+        if _cpu_seconds(pid) - before < 0.2:
+            break
+    return time.perf_counter() - started
+
+
 async def _measure(client: _Client, seed: Seed, binds: int, reads: int, pid: int) -> None:
     # Warm up the process (imports, pools) with reads.
     for _ in range(20):
         status, _ = await client.get(f"/api/v1/relations/{seed.tree_root}/team")
         assert status == 200
+    if os.environ.get("BENCH_USER_WORKERS", "false") == "true":
+        print(f"the service's start-up work took {await _settled(pid):.1f}s", flush=True)
     fresh = iter(seed.fresh_users)
     deep_child = 0  # a user bound under the chain tip: depth 1001
 
