@@ -20,8 +20,11 @@ install: $(STAMP)
 run: install
 	$(PY) -m deploy.local.run
 
+# Tests run in TEST_WORKERS processes (pytest-xdist); each starts its own broker and stacks,
+# and every test has its own database, ports and Redis key prefix.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check .
