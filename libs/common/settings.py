@@ -79,6 +79,11 @@ class ServiceSettings(CommonSettings):
     outbox_poll_seconds: float = 0.05
     # How far back the relay republishes when the broker lost its memory (seconds).
     outbox_republish_horizon_seconds: int = 7 * 24 * 3600
+    # Published outbox rows are deleted this long after publishing (never less than the
+    # republish horizon), and big values no event has used for as long (decision 0806).
+    outbox_keep_published_seconds: int = 8 * 24 * 3600
+    # How often a relay that has caught up prunes (seconds).
+    outbox_prune_interval_seconds: float = 3600.0
     consumer_max_retries: int = 5
     consumer_batch_size: int = 500
     sql_echo: bool = False

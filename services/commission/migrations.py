@@ -10,7 +10,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
+from libs.common.db.common_tables import (
+    COMMON_MIGRATION,
+    outbox_part_use_migration,
+    outbox_parts_migration,
+)
 from libs.common.db.engine import Database
 from libs.common.db.migrations import Migration, MigrationContext
 from libs.common.db.sharding import add_months, month_key, monthly_registry
@@ -69,6 +73,8 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "commission: settlement batches", _settlement_batches),
     outbox_parts_migration(4),
     *WITHDRAWAL_MIGRATIONS,
+    # Versions increase through the list: after the withdrawal steps (50-59).
+    outbox_part_use_migration(60),
 ]
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
+from libs.common.db.common_tables import (
+    COMMON_MIGRATION,
+    outbox_part_use_migration,
+    outbox_parts_migration,
+)
 from libs.common.db.migrations import Migration, MigrationContext
 from services.stats.models import metadata, promoter_stats, promoter_team_stats
 
@@ -17,4 +21,5 @@ MIGRATIONS: list[Migration] = [
     COMMON_MIGRATION,
     Migration(2, "promoter stats per day, team stats, facts, relation projection", _stats_tables),
     outbox_parts_migration(3),
+    outbox_part_use_migration(4),
 ]

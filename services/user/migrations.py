@@ -5,7 +5,11 @@ from __future__ import annotations
 from sqlalchemy import Index, Table, inspect, text
 from sqlalchemy.engine import Connection
 
-from libs.common.db.common_tables import COMMON_MIGRATION, outbox_parts_migration
+from libs.common.db.common_tables import (
+    COMMON_MIGRATION,
+    outbox_part_use_migration,
+    outbox_parts_migration,
+)
 from libs.common.db.migrations import Migration, MigrationContext, add_missing_columns
 from services.user.models import PATH_HEAD_LENGTH, SHARDED, main_metadata, relations, users
 from services.user.pii import pii_metadata
@@ -109,4 +113,5 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(5, "SQLite: sharded tables keyed by their rowid", _rowid_keys),
     outbox_parts_migration(6),
+    outbox_part_use_migration(7),
 ]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table
+from sqlalchemy import Column, DateTime, MetaData, String, Table, update
 
 from libs.common.audit import audit_metadata
 from libs.common.business_settings import business_settings_metadata
 from libs.common.db.global_index import global_index_metadata
 from libs.common.db.migrations import Migration, MigrationContext, add_missing_columns
 from libs.common.messaging.consumer import inbox_metadata
-from libs.common.messaging.outbox import AutoId, outbox, outbox_metadata
+from libs.common.messaging.outbox import AutoId, outbox, outbox_metadata, outbox_part, utcnow
 
 diagnostics_metadata = MetaData()
 probe_receipts = Table(
@@ -54,3 +54,18 @@ async def _outbox_parts(ctx: MigrationContext) -> None:
 def outbox_parts_migration(version: int) -> Migration:
     """The step that gives an outbox its parts, at ``version`` in a service's list."""
     return Migration(version, "outbox: big repeated values stored once", _outbox_parts)
+
+
+async def _outbox_part_use(ctx: MigrationContext) -> None:
+    """``outbox_part.used_at`` (decision 0806). Parts already there count as used now: a
+    process may still name them from memory, so none is pruned before it could be unused."""
+    async with ctx.db.primary.begin() as conn:
+        await add_missing_columns(conn, outbox_part, ["used_at"])
+        await conn.execute(
+            update(outbox_part).where(outbox_part.c.used_at.is_(None)).values(used_at=utcnow())
+        )
+
+
+def outbox_part_use_migration(version: int) -> Migration:
+    """The step that lets an outbox prune its parts, at ``version`` in a service's list."""
+    return Migration(version, "outbox: when each part was last used", _outbox_part_use)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -81,10 +82,17 @@ outbox_part = Table(
     Column("digest", String(64), primary_key=True),  # SHA-256 of the body, hex
     Column("body", LongText, nullable=False),
     Column("created_at", DateTime, nullable=False),
+    # When an event last took this part, moved forward at most once per ``PART_USE_REFRESH``:
+    # a part is pruned once nothing used it for longer than published rows are kept.
+    Column("used_at", DateTime, nullable=True),
 )
 
 # A value shorter than this stays in the payload: a row of its own costs more than it saves.
 PART_MIN_LENGTH = 1024
+# A part's ``used_at`` is moved forward when an event takes it and it is older than this; a
+# process remembers a part it wrote for as long. So every row that names a part was written
+# at most twice this after the part's ``used_at`` (outbox_pruning.py relies on it).
+PART_USE_REFRESH = timedelta(hours=1)
 
 # The mark of a row not published yet: a timestamp of the same size as a real one, not NULL,
 # so marking a row changes no value's size. SQLite then rewrites the row in place, only the
@@ -152,7 +160,8 @@ def _joined(payload: str, parts: Mapping[str, str], bodies: Mapping[str, str]) -
     envelope = orjson.loads(payload)
     for field, digest in parts.items():
         if digest not in bodies:
-            # Written in the row's own transaction and never deleted: a bug, not a state.
+            # Written with the row (or known to be there) and kept while a row may name it
+            # (outbox_pruning.py): a bug, not a state.
             raise RuntimeError(f"outbox part {digest} of {envelope['id']} is missing")
         envelope["data"][field] = bodies[digest]
     return orjson.dumps(envelope).decode()
@@ -165,23 +174,31 @@ async def mark_published(conn: AsyncConnection, seqs: Sequence[int]) -> None:
 class _PartsWritten:
     """The parts one process has committed, by body, newest last: an event that repeats one
     (every bind under one deep parent repeats its ancestors) takes its digest without hashing
-    the body again and writes no part row. Parts are never deleted, so a part once committed
-    stays; only committed parts are remembered."""
+    the body again and writes no part row. Only committed parts are remembered, and each for
+    ``PART_USE_REFRESH``: then the next event that takes it writes it again (moving its
+    ``used_at`` forward), so a part in use is never old enough to be pruned."""
 
     SIZE = 128
 
-    def __init__(self) -> None:
-        self._digests: OrderedDict[str, str] = OrderedDict()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._digests: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def get(self, body: str) -> str | None:
-        digest = self._digests.get(body)
-        if digest is not None:
-            self._digests.move_to_end(body)
+        known = self._digests.get(body)
+        if known is None:
+            return None
+        digest, remembered_at = known
+        if self._clock() - remembered_at >= PART_USE_REFRESH.total_seconds():
+            del self._digests[body]
+            return None
+        self._digests.move_to_end(body)
         return digest
 
     def add(self, parts: Mapping[str, str]) -> None:
+        now = self._clock()
         for digest, body in parts.items():
-            self._digests[body] = digest
+            self._digests[body] = (digest, now)
             self._digests.move_to_end(body)
         while len(self._digests) > self.SIZE:
             self._digests.popitem(last=False)
@@ -230,10 +247,24 @@ async def _write(
     conn: AsyncConnection, rows: list[dict[str, Any]], parts: Mapping[str, str], now: datetime
 ) -> int:
     if parts:
+        digests = sorted(parts)
         await insert_ignore(
             conn,
             outbox_part,
-            [{"digest": d, "body": body, "created_at": now} for d, body in sorted(parts.items())],
+            [{"digest": d, "body": parts[d], "created_at": now, "used_at": now} for d in digests],
+        )
+        # A part that was there already: its use moves forward, unless it moved lately (then
+        # nothing is written).
+        await conn.execute(
+            update(outbox_part)
+            .where(
+                outbox_part.c.digest.in_(digests),
+                or_(
+                    outbox_part.c.used_at < now - PART_USE_REFRESH,
+                    outbox_part.c.used_at.is_(None),
+                ),
+            )
+            .values(used_at=now)
         )
     return await insert_ignore(conn, outbox, rows)
 
@@ -374,6 +405,13 @@ class OutboxRelay:
             log.info("republished %d outbox rows", total)
         return total
 
+    async def prune(self) -> None:
+        """Delete published rows past the keep period and parts no event takes any more."""
+        # Imported here: the pruning module reads this module's tables.
+        from libs.common.messaging.outbox_pruning import keep_published, prune_outbox
+
+        await prune_outbox(self.db, keep_published(self.settings))
+
     async def _recover_if_forgotten(self) -> None:
         """Republish the horizon *before* any new row: an aggregate's earlier events (an
         order.paid the broker lost) must not come after its later ones (a refund)."""
@@ -393,6 +431,7 @@ class OutboxRelay:
     async def _run(self, stop: asyncio.Event) -> None:
         first = True
         backlog_counted = 0.0
+        pruned_at = -float("inf")  # the first idle moment prunes
         while not stop.is_set():
             try:
                 if first:
@@ -416,6 +455,9 @@ class OutboxRelay:
                     MESSAGE_QUEUE_SIZE.labels(f"outbox:{self.service}").set(await self.backlog())
                 if published:
                     continue
+                if now - pruned_at >= self.settings.outbox_prune_interval_seconds:
+                    pruned_at = now
+                    await self.prune()
             except asyncio.CancelledError:
                 raise
             except Exception:
