@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     func,
     or_,
     select,
@@ -40,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from libs.common.db.engine import Database, Tx
+from libs.common.db.prepared import Prepared
 from libs.common.db.sql import insert_ignore
 from libs.common.messaging.envelope import Envelope
 from libs.common.messaging.kafka import BrokerMemory, ensure_topics
@@ -243,6 +245,20 @@ def _rows(
     return rows, parts
 
 
+# Prepared: a process that binds under more deep parents than it remembers runs it per event.
+_MOVE_USE_FORWARD = Prepared(
+    update(outbox_part)
+    .where(
+        outbox_part.c.digest.in_(bindparam("digests", expanding=True)),
+        or_(
+            outbox_part.c.used_at < bindparam("stale_before", type_=DateTime()),
+            outbox_part.c.used_at.is_(None),
+        ),
+    )
+    .values(used_at=bindparam("now", type_=DateTime()))
+)
+
+
 async def _write(
     conn: AsyncConnection, rows: list[dict[str, Any]], parts: Mapping[str, str], now: datetime
 ) -> int:
@@ -255,16 +271,8 @@ async def _write(
         )
         # A part that was there already: its use moves forward, unless it moved lately (then
         # nothing is written).
-        await conn.execute(
-            update(outbox_part)
-            .where(
-                outbox_part.c.digest.in_(digests),
-                or_(
-                    outbox_part.c.used_at < now - PART_USE_REFRESH,
-                    outbox_part.c.used_at.is_(None),
-                ),
-            )
-            .values(used_at=now)
+        await _MOVE_USE_FORWARD.execute(
+            conn, {"digests": digests, "stale_before": now - PART_USE_REFRESH, "now": now}
         )
     return await insert_ignore(conn, outbox, rows)
 
