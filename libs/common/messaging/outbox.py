@@ -335,6 +335,8 @@ class OutboxRelay:
         # broker lost its log (the embedded broker restarted), so we publish again.
         self._high_offsets: dict[tuple[str, int], int] = {}
         self._check_topics = True
+        # Set when the broker lost what we published, until a whole republish went through.
+        self._republish_owed = False
         # Checked before each batch: a broker that restarted empty gets the horizon again
         # before any new row.
         self.memory = BrokerMemory(settings, f"outbox.{self.service}", self.topics[0])
@@ -380,11 +382,13 @@ class OutboxRelay:
             MESSAGES_PUBLISHED.labels(self.service, row[1]).inc()
         if restarted:
             log.warning("broker offsets went back: republishing the outbox horizon")
+            self._republish_owed = True
             await self.republish_horizon()
         return len(rows)
 
     async def republish_horizon(self) -> int:
-        """Publish again every row published within the horizon (in order)."""
+        """Publish again every row published within the horizon (in order). Only a
+        republish that went through to the end pays what a lost broker memory owes."""
         await ensure_topics(self.settings, self.topics)
         since = utcnow() - timedelta(seconds=self.settings.outbox_republish_horizon_seconds)
         last_seq = 0
@@ -408,6 +412,7 @@ class OutboxRelay:
             await self._send(rows)
             last_seq = rows[-1][0]
             total += len(rows)
+        self._republish_owed = False
         if total:
             OUTBOX_REPUBLISHED.labels(self.service).inc(total)
             log.info("republished %d outbox rows", total)
@@ -428,6 +433,10 @@ class OutboxRelay:
             # Marker first: a restart during the republish is then seen next time.
             await ensure_topics(self.settings, self.topics)
             await self.memory.mark()
+            self._republish_owed = True
+        if self._republish_owed:
+            # Also after a republish that failed half-way (a broker not ready yet): the
+            # marker is there now, so only this debt remembers the events still missing.
             await self.republish_horizon()
 
     async def run(self, stop: asyncio.Event) -> None:
