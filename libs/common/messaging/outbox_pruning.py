@@ -13,6 +13,7 @@ A part is never deleted while a row that names it may still be read:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -58,12 +59,7 @@ async def prune_outbox(db: Database, keep: timedelta, now: datetime | None = Non
     more; a batch per transaction. Rows not yet published are never deleted."""
     now = now or utcnow()
     row_cutoff = now - keep
-    rows = 0
-    while True:
-        done = await db.run(lambda tx: _delete_published_rows(tx, row_cutoff))
-        rows += done
-        if done < PRUNE_BATCH:
-            break
+    rows = await _in_batches(db, lambda tx: _delete_published_rows(tx, row_cutoff))
     async with db.read(may_lag=False) as conn:
         oldest_waiting = await conn.scalar(
             select(func.min(outbox.c.created_at)).where(unpublished())
@@ -71,15 +67,21 @@ async def prune_outbox(db: Database, keep: timedelta, now: datetime | None = Non
     part_cutoff = row_cutoff - 2 * PART_USE_REFRESH - _MARGIN
     if oldest_waiting is not None:
         part_cutoff = min(part_cutoff, oldest_waiting - 2 * PART_USE_REFRESH - _MARGIN)
-    parts = 0
-    while True:
-        done = await db.run(lambda tx: _delete_unused_parts(tx, part_cutoff))
-        parts += done
-        if done < PRUNE_BATCH:
-            break
+    parts = await _in_batches(db, lambda tx: _delete_unused_parts(tx, part_cutoff))
     if rows or parts:
         log.info("outbox pruned: %d published rows, %d parts", rows, parts)
     return Pruned(rows, parts)
+
+
+async def _in_batches(db: Database, delete_batch: Callable[[Tx], Awaitable[int]]) -> int:
+    """Run ``delete_batch`` (up to ``PRUNE_BATCH`` rows), a transaction each, until a batch
+    comes back short; the rows deleted in all."""
+    total = 0
+    while True:
+        done = await db.run(delete_batch)
+        total += done
+        if done < PRUNE_BATCH:
+            return total
 
 
 async def _delete_published_rows(tx: Tx, cutoff: datetime) -> int:
