@@ -335,8 +335,9 @@ class OutboxRelay:
         # broker lost its log (the embedded broker restarted), so we publish again.
         self._high_offsets: dict[tuple[str, int], int] = {}
         self._check_topics = True
-        # Set when the broker lost what we published, until a whole republish went through.
-        self._republish_owed = False
+        # Set when the broker lost what we published, until a whole republish went through;
+        # a relay that starts owes one too (the broker may have lost an earlier process's).
+        self._republish_owed = True
         # Checked before each batch: a broker that restarted empty gets the horizon again
         # before any new row.
         self.memory = BrokerMemory(settings, f"outbox.{self.service}", self.topics[0])
@@ -454,11 +455,9 @@ class OutboxRelay:
                 if first:
                     await ensure_topics(self.settings, self.topics)
                     await self.memory.mark()
-                    await self.republish_horizon()
                     first = False
                     self._check_topics = False
-                else:
-                    await self._recover_if_forgotten()
+                await self._recover_if_forgotten()
                 if self._check_topics:
                     await ensure_topics(self.settings, self.topics)
                     self._check_topics = False
