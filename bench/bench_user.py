@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench.http_client import BenchClient
 from deploy.local.stack import free_port, tansu_binary, wait_port
 from libs.common.db.engine import Database
 from libs.common.db.global_index import global_index
@@ -311,7 +311,8 @@ async def _run(database_url: str, workdir: Path) -> None:
     try:
         wait_port("127.0.0.1", broker_port, 20, broker)
         wait_port("127.0.0.1", port, 60, service)
-        async with _Client(f"http://127.0.0.1:{port}", admin_key, max(CONCURRENCIES)) as client:
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        async with BenchClient(f"http://127.0.0.1:{port}", headers) as client:
             await _measure(client, seed, binds, reads, service.pid)
     finally:
         service.terminate()
@@ -321,34 +322,6 @@ async def _run(database_url: str, workdir: Path) -> None:
     print(_line("ancestors depth 1000, path read (in-process)", ours))
     print(_line("ancestors depth 1000, recursive CTE (seed)", cte))
     print(f"recursive CTE / path read at p50: {_pct(cte, 50) / _pct(ours, 50):.1f}x")
-
-
-class _Client:
-    """A keep-alive aiohttp client: the bench must not spend more CPU per request than the
-    service it measures (httpx costs several times as much)."""
-
-    def __init__(self, base_url: str, admin_key: str, connections: int) -> None:
-        self.base_url = base_url
-        self.headers = {"Authorization": f"Bearer {admin_key}"}
-        self.connections = connections
-
-    async def __aenter__(self) -> _Client:
-        connector = aiohttp.TCPConnector(limit=self.connections)
-        self.session = aiohttp.ClientSession(
-            self.base_url, headers=self.headers, connector=connector
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    async def get(self, path: str, **params: Any) -> tuple[int, Any]:
-        async with self.session.get(path, params=params) as response:
-            return response.status, await response.json()
-
-    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        async with self.session.post(path, json=body) as response:
-            return response.status, await response.json()
 
 
 async def _settled(pid: int, limit_seconds: float = 600.0) -> float:
@@ -365,7 +338,7 @@ async def _settled(pid: int, limit_seconds: float = 600.0) -> float:
     return time.perf_counter() - started
 
 
-async def _measure(client: _Client, seed: Seed, binds: int, reads: int, pid: int) -> None:
+async def _measure(client: BenchClient, seed: Seed, binds: int, reads: int, pid: int) -> None:
     # Warm up the process (imports, pools) with reads.
     for _ in range(20):
         status, _ = await client.get(f"/api/v1/relations/{seed.tree_root}/team")
