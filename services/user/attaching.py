@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, Table, bindparam, select, union_all, update
+from sqlalchemy import BindParameter, Table, bindparam, select, update
 
 from libs.common.db.engine import Tx
-from libs.common.db.prepared import Prepared, runs_inline
+from libs.common.db.prepared import Prepared, PreparedUnion, runs_inline
 from libs.common.db.sharding import ShardedTable
 from libs.common.db.sql import insert_ignore, insert_rows, upsert_add
 from libs.common.errors import Conflict
-from libs.common.ids import IdGenerator, shard_of
+from libs.common.ids import SHARD_COUNT, IdGenerator, shard_of
 from libs.common.messaging.envelope import USER_EVENTS, Envelope, make_event
 from libs.common.messaging.outbox import publish
 from services.user import paths
@@ -123,54 +123,47 @@ def plan_attach(
     )
 
 
-_ROWS_BY_KEY: dict[tuple[str, str, tuple[int, ...]], Prepared] = {}
+_ROWS_BY_KEY: dict[tuple[str, str], PreparedUnion] = {}
 
 
-def _rows_by_key_statement(table: ShardedTable, key: str, shards: tuple[int, ...]) -> Prepared:
-    """SELECT ... WHERE key IN :ids_<shard> for each shard, joined with UNION ALL. Built once
-    per table and shard group: building the expression costs more than running it."""
-    cache_key = (table.base, key, shards)
-    statement = _ROWS_BY_KEY.get(cache_key)
+def _rows_by_key_statement(table: ShardedTable, key: str) -> PreparedUnion:
+    """SELECT ... WHERE key IN :ids_<shard> for each shard, any of them joined with UNION
+    ALL. Built once per table: building the expressions costs more than running them."""
+    statement = _ROWS_BY_KEY.get((table.base, key))
     if statement is None:
-        selects = []
-        for shard in shards:
+        parts = {}
+        for shard in range(SHARD_COUNT):
             copy = table.for_shard(shard)
             ids: BindParameter[list[int]] = bindparam(f"ids_{shard}", expanding=True)
-            selects.append(select(copy).where(copy.c[key].in_(ids)))
-        statement = Prepared(selects[0] if len(selects) == 1 else union_all(*selects))
-        _ROWS_BY_KEY[cache_key] = statement
+            parts[shard] = Prepared(select(copy).where(copy.c[key].in_(ids)))
+        statement = _ROWS_BY_KEY[(table.base, key)] = PreparedUnion(parts)
     return statement
 
 
 async def rows_by_key(
     tx: Tx, table: ShardedTable, key: str, ids: Iterable[int]
 ) -> dict[int, dict[str, Any]]:
-    """Rows of a user-keyed table for many ids: one statement per physical database (all the
-    shards it holds joined with UNION ALL, a shard without ids given an empty list), not one
-    per id. On an inline SQLite connection, where a statement costs microseconds, one small
-    statement per shard with ids instead: SQLite keeps those parsed, while the UNION ALL's
-    text changes with every batch and would be parsed anew each time."""
+    """Rows of a user-keyed table for many ids: one statement per physical database, the
+    shards that hold any of the ids joined with UNION ALL, not one per id. On an inline
+    SQLite connection, where a statement costs microseconds, one small statement per shard
+    instead: SQLite keeps those parsed, while the union's text changes with the shards."""
     by_shard: dict[int, list[int]] = defaultdict(list)
     for entity_id in set(ids):
         by_shard[shard_of(entity_id)].append(entity_id)
     found: dict[int, dict[str, Any]] = {}
     if not by_shard:
         return found
+    statement = _rows_by_key_statement(table, key)
     for shards in tx.db.shards_by_url().values():
         wanted = [shard for shard in shards if shard in by_shard]
         if not wanted:
             continue
         conn = await tx.shard(shards[0])
-        if runs_inline(conn):
-            for shard in wanted:
-                statement = _rows_by_key_statement(table, key, (shard,))
-                for row in await statement.rows(conn, {f"ids_{shard}": by_shard[shard]}):
-                    found[int(row[key])] = row
-            continue
-        statement = _rows_by_key_statement(table, key, tuple(shards))
-        parameters = {f"ids_{shard}": by_shard.get(shard, []) for shard in shards}
-        for row in await statement.rows(conn, parameters):
-            found[int(row[key])] = row
+        groups = [[shard] for shard in wanted] if runs_inline(conn) else [wanted]
+        for group in groups:
+            parameters = {f"ids_{shard}": by_shard[shard] for shard in group}
+            for row in await statement.rows(conn, group, parameters):
+                found[int(row[key])] = row
     return found
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql import ClauseElement, Executable, union_all
 
 from libs.common.db.inline_sqlite import InlineConnection
 
@@ -104,23 +104,7 @@ class Prepared:
         if driver is None or compiled is None:
             result = await conn.execute(self.statement, dict(params))
             return [dict(row) for row in result.mappings()]
-        sql, values = _bound(compiled, params)
-        if isinstance(driver, InlineConnection):
-            raw_rows: Sequence[Sequence[Any]] = _run(
-                driver, conn.dialect, sql, values, many=False
-            ).fetchall()
-        else:
-            raw_rows, _ = await _run_asyncmy(conn, driver, sql, values, many=False)
-        keys, processors = compiled.keys, compiled.result_processors
-        found = []
-        for raw in raw_rows:
-            found.append(
-                {
-                    key: (process(value) if process is not None and value is not None else value)
-                    for key, process, value in zip(keys, processors, raw, strict=True)
-                }
-            )
-        return found
+        return await _direct_rows(conn, driver, compiled, params)
 
     async def execute(self, conn: AsyncConnection, params: Params | Sequence[Params]) -> int:
         """Run the statement once, or once per parameter set of a list; rows affected."""
@@ -155,6 +139,73 @@ class Prepared:
     @property
     def _is_insert(self) -> bool:
         return bool(getattr(self.statement, "is_insert", False))
+
+
+class PreparedUnion:
+    """``UNION ALL`` of any subset of some prepared SELECTs with the same columns (one per
+    shard table): each part is compiled once, and a run joins the SQL of the parts it is
+    given. Compiling every subset would not do: sixteen shards have 65,536 of them, and a
+    union of all sixteen (empty ones matching nothing) made MariaDB parse and plan sixteen
+    SELECTs for the one or two a batch needs."""
+
+    def __init__(self, parts: Mapping[Any, Prepared]) -> None:
+        self.parts = dict(parts)
+
+    async def rows(
+        self, conn: AsyncConnection, chosen: Sequence[Any], params: Params
+    ) -> list[dict[str, Any]]:
+        """The rows of the chosen parts (keys of ``parts``), as dicts keyed by column."""
+        parts = [self.parts[key] for key in chosen]
+        if len(parts) == 1:
+            return await parts[0].rows(conn, params)
+        driver = _driver(conn)
+        compiled = [part._for(conn.dialect, ()) for part in parts] if driver is not None else []
+        if driver is None or any(c is None for c in compiled):
+            statement = union_all(*(part.statement for part in parts))
+            result = await conn.execute(statement, dict(params))
+            return [dict(row) for row in result.mappings()]
+        return await _direct_rows(conn, driver, _joined([c for c in compiled if c]), params)
+
+
+def _joined(parts: list[_Compiled]) -> _Compiled:
+    """One statement of the parts' SQL joined by UNION ALL (their parameters by name)."""
+    pieces = list(parts[0].pieces)
+    for part in parts[1:]:
+        pieces[-1] += " UNION ALL " + part.pieces[0]
+        pieces.extend(part.pieces[1:])
+    first = parts[0]
+    return _Compiled(
+        pieces=pieces,
+        names=[name for part in parts for name in part.names],
+        placeholder=first.placeholder,
+        expanding=frozenset().union(*(part.expanding for part in parts)),
+        bind_processors={k: v for part in parts for k, v in part.bind_processors.items()},
+        keys=first.keys,
+        result_processors=first.result_processors,
+        defaults={k: v for part in parts for k, v in part.defaults.items()},
+    )
+
+
+async def _direct_rows(
+    conn: AsyncConnection, driver: Any, compiled: _Compiled, params: Params
+) -> list[dict[str, Any]]:
+    sql, values = _bound(compiled, params)
+    if isinstance(driver, InlineConnection):
+        raw_rows: Sequence[Sequence[Any]] = _run(
+            driver, conn.dialect, sql, values, many=False
+        ).fetchall()
+    else:
+        raw_rows, _ = await _run_asyncmy(conn, driver, sql, values, many=False)
+    keys, processors = compiled.keys, compiled.result_processors
+    found = []
+    for raw in raw_rows:
+        found.append(
+            {
+                key: (process(value) if process is not None and value is not None else value)
+                for key, process, value in zip(keys, processors, raw, strict=True)
+            }
+        )
+    return found
 
 
 def runs_inline(conn: AsyncConnection) -> bool:
