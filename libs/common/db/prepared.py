@@ -284,8 +284,8 @@ async def _run_asyncmy(
     conn: AsyncConnection, driver: Any, sql: str, values: Any, *, many: bool
 ) -> tuple[Sequence[Sequence[Any]], int]:
     """Run on the asyncmy connection inside the transaction SQLAlchemy began on it; returns
-    the rows and the rows affected. Errors are wrapped as SQLAlchemy wraps them (a lost
-    connection marked so: ``Database.run`` runs the transaction again)."""
+    the rows and the rows affected. Errors are wrapped as SQLAlchemy wraps them; a lost
+    connection is invalidated and marked so (``Database.run`` runs the transaction again)."""
     dialect = conn.dialect
     dbapi = dialect.loaded_dbapi
     try:
@@ -301,18 +301,17 @@ async def _run_asyncmy(
             await cursor.close()
     except (dbapi.Error, AttributeError) as error:
         # asyncmy raises AttributeError when its socket is gone (SQLAlchemy's adapter
-        # reports that as this InternalError). The transaction's rollback then finds the
-        # connection lost and SQLAlchemy invalidates it, so the pool never hands it out again.
+        # reports that as this InternalError).
         original = (
             dbapi.InternalError("network operation failed due to asyncmy attribute error")
             if isinstance(error, AttributeError)
             else error
         )
+        lost = dialect.is_disconnect(original, None, None)
+        if lost:
+            # As SQLAlchemy does: the pool never hands the connection out again, and the
+            # transaction's rollback does not try it (its error would hide this one).
+            await conn.invalidate(original)
         raise DBAPIError.instance(
-            sql,
-            values,
-            original,
-            dbapi.Error,
-            dialect=dialect,
-            connection_invalidated=dialect.is_disconnect(original, None, None),
+            sql, values, original, dbapi.Error, dialect=dialect, connection_invalidated=lost
         ) from error
