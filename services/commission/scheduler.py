@@ -106,6 +106,12 @@ class SettlementScheduler:
         return result
 
     async def _produce(self, order_ids: list[int]) -> None:
+        # One deadline for all of it: a producer that cannot learn the topic's partitions
+        # (the broker away, or the producer stopped) waits in ``send`` itself, and for a
+        # stopped one that wait never ends. Past it the tick settles synchronously.
+        await asyncio.wait_for(self._send_due(order_ids), timeout=15)
+
+    async def _send_due(self, order_ids: list[int]) -> None:
         stamp = int(time.time() * 1000)
         producer = self.runtime.producer
         futures = []
@@ -122,7 +128,7 @@ class SettlementScheduler:
                     COMMISSION_SETTLE, value=event.to_bytes(), key=str(order_id).encode()
                 )
             )
-        await asyncio.wait_for(asyncio.gather(*futures), timeout=15)
+        await asyncio.gather(*futures)
 
     async def _settle_now(self, order_ids: list[int], now: datetime) -> SettleResult:
         ctx = self.ctx
