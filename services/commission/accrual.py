@@ -29,6 +29,7 @@ from services.commission.ledger import (
     promoter_account,
 )
 from services.commission.models import commission_orders, promoter_status
+from services.commission.refunds import apply_waiting_refunds
 from services.commission.rules import RuleBook, all_rules
 from services.commission.settings import load_settings
 
@@ -227,7 +228,9 @@ async def _accrue(
     await post_transfers(tx, ctx.ids, ctx.tables, transfers, now, transaction_ids)
     if events:
         await publish(tx, COMMISSION_EVENTS, *events)
-    return [o.order_id for o in fresh]
+    accrued = [o.order_id for o in fresh]
+    await apply_waiting_refunds(tx, ctx, accrued, now)
+    return accrued
 
 
 async def _claim(

@@ -75,6 +75,8 @@ MIGRATIONS: list[Migration] = [
     *WITHDRAWAL_MIGRATIONS,
     # Versions increase through the list: after the withdrawal steps (50-59).
     outbox_part_use_migration(60),
+    # The new table of `metadata` (create_all skips the ones that exist).
+    Migration(70, "commission: refunds waiting for their order.paid", _create_commission_tables),
 ]
 
 

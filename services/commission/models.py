@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 
 from libs.common.db.sharding import MonthlyTables, ShardedTable
+from libs.common.messaging.outbox import LongText
 
 # Microseconds on MySQL too (its plain DATETIME drops them): due times compare exactly.
 # Microseconds on MySQL too: libs.common.db.engine compiles every DateTime as DATETIME(6).
@@ -103,6 +104,18 @@ commission_refunds = Table(
     Column("refund_id", BigInteger, primary_key=True, autoincrement=False),
     Column("order_id", BigInteger, nullable=False),
     Column("processed_at", Moment, nullable=False),
+)
+
+# A refund that arrived before its order's order.paid had been applied (a broker that lost
+# its memory can be sent the refund again before the relay republishes the order.paid):
+# kept here, and applied by the accrual that creates the order's records (decision 0305).
+commission_refunds_waiting = Table(
+    "commission_refund_waiting",
+    metadata,
+    Column("refund_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("order_id", BigInteger, nullable=False, index=True),
+    Column("payload", LongText, nullable=False),
+    Column("received_at", Moment, nullable=False, index=True),
 )
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db.engine import Tx
 from libs.common.db.sql import insert_ignore
@@ -26,19 +27,101 @@ from services.commission.ledger import (
     post_transfers,
     promoter_account,
 )
-from services.commission.models import commission_orders, commission_refunds
+from services.commission.models import (
+    commission_orders,
+    commission_refunds,
+    commission_refunds_waiting,
+)
 from services.commission.settings import load_settings
 
 # Money a record holds sits in this promoter account while the record has this status.
 _SOURCE_BUCKET = {"frozen": "frozen", "held": "frozen", "settled": "available"}
 
 
+# How long a refund waits for its order's order.paid. The wait is for an order.paid that a
+# broker restart put behind its refund, which the relay republishes at once; a refund of an
+# order that earned nothing (most orders) waits for nothing, and goes after this.
+REFUND_WAIT = timedelta(days=8)
+_PRUNE_BATCH = 100
+
+
 async def apply_refunds(
     tx: Tx, ctx: CommissionContext, refunds: Sequence[OrderRefunded], now: datetime | None = None
 ) -> list[CommissionLine]:
     """Reverse what refunds took away; each refund once (a repeat changes nothing).
-    Returns the reversed lines."""
+    Returns the reversed lines. A refund of an order whose order.paid has not been applied
+    waits for it (``apply_waiting_refunds``)."""
     now = now or utcnow()
+    conn = await tx.main()
+    claimed = []
+    for refund in refunds:
+        if await insert_ignore(
+            conn,
+            commission_refunds,
+            [{"refund_id": refund.refund_id, "order_id": refund.order_id, "processed_at": now}],
+        ):
+            claimed.append(refund)
+    return await _reverse(tx, ctx, claimed, now)
+
+
+async def apply_waiting_refunds(
+    tx: Tx, ctx: CommissionContext, order_ids: Sequence[int], now: datetime
+) -> list[CommissionLine]:
+    """Apply the refunds that arrived before these orders' order.paid, now that the accrual
+    has written their records (in its transaction), oldest first; returns the reversed
+    lines. The outcome equals the refunds applied after the accrual."""
+    conn = await tx.main()
+    table = commission_refunds_waiting
+    waiting = (
+        await conn.execute(
+            select(table.c.refund_id, table.c.payload)
+            .where(table.c.order_id.in_(list(order_ids)))
+            .order_by(table.c.received_at, table.c.refund_id)
+            .with_for_update()
+        )
+    ).all()
+    if not waiting:
+        return []
+    await conn.execute(delete(table).where(table.c.refund_id.in_([int(row[0]) for row in waiting])))
+    refunds = [OrderRefunded.model_validate_json(row[1]) for row in waiting]
+    return await _reverse(tx, ctx, refunds, now)
+
+
+async def _wait_for_payment(conn: AsyncConnection, refund: OrderRefunded, now: datetime) -> None:
+    """Keep a refund until its order.paid is applied; forget those kept past ``REFUND_WAIT``
+    (a few at a time: refunds of orders that earned nothing all come here)."""
+    await insert_ignore(
+        conn,
+        commission_refunds_waiting,
+        [
+            {
+                "refund_id": refund.refund_id,
+                "order_id": refund.order_id,
+                "payload": refund.model_dump_json(),
+                "received_at": now,
+            }
+        ],
+    )
+    expired = [
+        int(row[0])
+        for row in await conn.execute(
+            select(commission_refunds_waiting.c.refund_id)
+            .where(commission_refunds_waiting.c.received_at < now - REFUND_WAIT)
+            .order_by(commission_refunds_waiting.c.received_at)
+            .limit(_PRUNE_BATCH)
+        )
+    ]
+    if expired:
+        await conn.execute(
+            delete(commission_refunds_waiting).where(
+                commission_refunds_waiting.c.refund_id.in_(expired)
+            )
+        )
+
+
+async def _reverse(
+    tx: Tx, ctx: CommissionContext, refunds: Sequence[OrderRefunded], now: datetime
+) -> list[CommissionLine]:
     conn = await tx.main()
     profile = profile_of(await load_settings(tx))
     transfers: list[Transfer] = []
@@ -46,13 +129,6 @@ async def apply_refunds(
     reversed_lines: list[CommissionLine] = []
     events = []
     for refund in refunds:
-        claimed = await insert_ignore(
-            conn,
-            commission_refunds,
-            [{"refund_id": refund.refund_id, "order_id": refund.order_id, "processed_at": now}],
-        )
-        if not claimed:
-            continue
         month = await conn.scalar(
             select(commission_orders.c.record_month)
             .where(commission_orders.c.order_id == refund.order_id)
@@ -60,11 +136,12 @@ async def apply_refunds(
         )
         if not month:
             # No commissions for this order: it paid nothing to promoters, or its order.paid
-            # has not been applied. The second relies on per-key order: the order service
-            # publishes a refund after the order's order.paid, on the same partition, and the
-            # relay republishes what a restarted broker lost before anything new
-            # (docs/reliability.md). An order.paid arriving after its refund would accrue on
-            # the full paid amount (the event carries no refunds).
+            # has not been applied yet. The order service publishes a refund after the
+            # order's order.paid, on the same partition, but a broker that restarted empty
+            # can be sent the refund again (a producer's retry, a duplicate) before the relay
+            # republishes the order.paid. An order.paid applied after its refund would accrue
+            # on the full paid amount (the event carries no refunds): so the refund waits.
+            await _wait_for_payment(conn, refund, now)
             continue
         remaining = {item.item_id: item.remaining_paid_amount for item in refund.items}
         table = ctx.tables.records.for_month(month)

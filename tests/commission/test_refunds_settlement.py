@@ -176,3 +176,83 @@ async def test_completion_before_payment_event_still_settles(commission: Commiss
     assert record["unfreeze_at"] is not None
     assert (await commission.settle(LATER)).amount == 600
     await _verified(commission)
+
+
+async def test_a_refund_before_its_payment_is_applied_when_the_payment_comes(
+    commission: Commission,
+) -> None:
+    """A broker that restarted empty can be sent a refund again before the relay republishes
+    the order.paid ahead of it (the chaos test's seed 618029893). The refund waits and is
+    applied by the accrual: balances, records and ledger as if the events had come in order,
+    and the republished copies change nothing."""
+    await commission.rule(
+        "default", [{"level": 1, "rate_bps": 1000}, {"level": 2, "rate_bps": 500}]
+    )
+    in_order, out_of_order = [fresh_id(), fresh_id()], [fresh_id(), fresh_id()]
+    outcomes = []
+    for chain, refund_first in ((in_order, False), (out_of_order, True)):
+        shirt, socks = item(24_613), item(11_946)
+        order = paid_order(chain, [shirt, socks])
+        first = refund(order, fresh_id(), {shirt.item_id: 22_228})
+        second = refund(order, fresh_id(), {shirt.item_id: 20_000, socks.item_id: 0})
+        if refund_first:
+            assert await commission.refund(first) == []  # nothing to reverse yet
+            assert await commission.refund(second) == []
+            assert await commission.records(order) == []
+            await commission.pay(order)
+        else:
+            await commission.pay(order)
+            await commission.refund(first)
+            await commission.refund(second)
+        # The republish: every event of the order once more.
+        assert await commission.pay(order) == []
+        assert await commission.refund(first) == [] and await commission.refund(second) == []
+        records = await commission.records(order)
+        outcomes.append(
+            (
+                sorted(
+                    (r["level"], r["base_amount"], r["amount"], r["reversed_amount"], r["status"])
+                    for r in records
+                ),
+                [await commission.balances(promoter) for promoter in chain],
+            )
+        )
+    (records_in_order, balances_in_order), (records_refund_first, balances_refund_first) = outcomes
+    assert records_refund_first == records_in_order
+    assert records_in_order == [
+        (1, 0, 0, 1_194, "reversed"),
+        (1, 20_000, 2_000, 461, "frozen"),
+        (2, 0, 0, 597, "reversed"),
+        (2, 20_000, 1_000, 230, "frozen"),
+    ]
+    strip = [{k: v for k, v in b.items() if k != "promoter_id"} for b in balances_in_order]
+    assert [
+        {k: v for k, v in b.items() if k != "promoter_id"} for b in balances_refund_first
+    ] == strip
+    assert [b["frozen_amount"] for b in balances_refund_first] == [2_000, 1_000]
+    await _verified(commission)
+
+
+async def test_refunds_that_wait_too_long_are_forgotten(commission: Commission) -> None:
+    """Refunds of orders that earned nothing wait for an order.paid that accrues nothing:
+    after REFUND_WAIT they go, a few at a time, as later refunds arrive."""
+    from sqlalchemy import func, select
+
+    from services.commission.models import commission_refunds_waiting
+    from services.commission.refunds import REFUND_WAIT, apply_refunds
+
+    await commission.rule("default", [{"level": 1, "rate_bps": 1000}])
+    long_ago = datetime.now(UTC).replace(tzinfo=None) - REFUND_WAIT - timedelta(hours=1)
+    old = [refund(paid_order([], [item(1_000)]), fresh_id(), {}) for _ in range(3)]
+    await commission.run(lambda tx: apply_refunds(tx, commission.ctx, old, now=long_ago))
+
+    async def waiting() -> int:
+        async with commission.db.read(may_lag=False) as conn:
+            return int(
+                await conn.scalar(select(func.count()).select_from(commission_refunds_waiting))
+            )
+
+    assert await waiting() == 3
+    recent = refund(paid_order([fresh_id()], [item(1_000)]), fresh_id(), {})
+    await commission.refund(recent)
+    assert await waiting() == 1  # the recent one, still waiting for its order.paid
