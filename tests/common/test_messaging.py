@@ -28,7 +28,7 @@ from libs.common.messaging.consumer import (
     dead_letters,
     replay_dead_letters,
 )
-from libs.common.messaging.envelope import Envelope, make_event
+from libs.common.messaging.envelope import Envelope
 from libs.common.messaging.kafka import ensure_topics, make_producer
 from libs.common.messaging.outbox import (
     NOT_PUBLISHED,
@@ -44,6 +44,7 @@ from libs.common.messaging.outbox import (
     whole_rows,
 )
 from libs.common.settings import ServiceSettings
+from tests.common.sample_events import sample_event
 
 effects_meta = MetaData()
 effects = Table(
@@ -137,22 +138,12 @@ async def _eventually(check, seconds: float = 30.0) -> None:  # type: ignore[no-
             await asyncio.sleep(0.1)
 
 
-def _event(n: int, **extra: object) -> Envelope:
-    return make_event(
-        "test.happened",
-        f"{secrets.token_hex(4)}-{n}",
-        key=str(n),
-        data={"n": n, **extra},
-        source="test",
-    )
-
-
 async def test_outbox_events_are_applied_exactly_once(db: Database, broker: str) -> None:
     await migrate(db, MIGRATIONS)
     harness = Harness(db, broker)
     await harness.start()
     try:
-        events = [_event(n) for n in range(50)]
+        events = [sample_event(n) for n in range(50)]
         await harness.emit(*events[:25])
         await harness.emit(*events[25:])
         await harness.emit(events[0])  # the same fact again: the outbox skips it
@@ -186,7 +177,7 @@ async def test_a_poll_is_one_transaction_across_partitions(db: Database, broker:
     harness = Harness(db, broker, keep)
     await ensure_topics(harness.settings, [harness.topic])
     await harness.producer.start()
-    events = [_event(n) for n in range(40)]
+    events = [sample_event(n) for n in range(40)]
     partition_of = {}
     for event in events:
         sent = await harness.producer.send_and_wait(
@@ -224,7 +215,7 @@ async def test_rows_from_before_the_not_published_mark_are_published_too(
     the relay publishes both kinds, in seq order, and marks them with the time."""
     await migrate(db, MIGRATIONS)
     harness = Harness(db, broker)
-    events = [_event(n) for n in range(6)]
+    events = [sample_event(n) for n in range(6)]
     await harness.emit(*events[:2])
 
     async def legacy(tx: Tx) -> None:
@@ -271,7 +262,7 @@ async def test_marking_a_big_row_published_rewrites_it_in_place(tmp_path: Path) 
     path = tmp_path / "outbox.db"
     db = Database(f"sqlite+aiosqlite:///{path}")
     await migrate(db, [COMMON_MIGRATION])
-    events = [_event(n, path="," + "1y2p0ij32e8e7," * 1000) for n in range(20)]
+    events = [sample_event(n, path="," + "1y2p0ij32e8e7," * 1000) for n in range(20)]
 
     async def write(tx: Tx) -> None:
         await publish(tx, "test.big", *events)
@@ -328,7 +319,7 @@ async def test_big_repeated_values_are_stored_once_and_published_whole(
     short = "," + "7" * (PART_MIN_LENGTH - 3) + ","
     events = [
         *(
-            _event(
+            sample_event(
                 n,
                 chain=chain,
                 big=2**63 - 1 - n,
@@ -339,9 +330,9 @@ async def test_big_repeated_values_are_stored_once_and_published_whole(
             )
             for n in range(3)
         ),
-        _event(3, chain=other, previous=chain),
-        _event(4, chain=short),
-        _event(5, chain=None),
+        sample_event(3, chain=other, previous=chain),
+        sample_event(4, chain=short),
+        sample_event(5, chain=None),
     ]
     await harness.emit(*events[:2], shared=("chain", "previous"))
     await harness.emit(*events[2:], shared=("chain", "previous"))
@@ -380,12 +371,12 @@ async def test_a_part_is_remembered_only_once_committed(db: Database) -> None:
         pass
 
     async def refused(tx: Tx) -> None:
-        await publish(tx, "test.parts", _event(0, chain=chain), shared=("chain",))
+        await publish(tx, "test.parts", sample_event(0, chain=chain), shared=("chain",))
         raise Refused
 
     with pytest.raises(Refused):
         await db.run(refused)
-    events = [_event(n, chain=chain) for n in (1, 2)]
+    events = [sample_event(n, chain=chain) for n in (1, 2)]
 
     async def emit(event: Envelope) -> None:
         async def work(tx: Tx) -> None:
@@ -415,7 +406,7 @@ async def test_an_outbox_from_before_gets_its_parts(db: Database) -> None:
     """A database whose outbox predates parts gains the column and the table; its rows
     read back as they were written."""
     await migrate(db, [COMMON_MIGRATION])
-    event = _event(1, chain="," + "1y2p0ij32e8e7," * 100)
+    event = sample_event(1, chain="," + "1y2p0ij32e8e7," * 100)
     async with db.primary.begin() as conn:  # as the version before left it
         await conn.execute(text("DROP TABLE outbox_part"))
         await conn.execute(text("ALTER TABLE outbox DROP COLUMN parts"))
@@ -435,7 +426,7 @@ async def test_an_outbox_from_before_gets_its_parts(db: Database) -> None:
     await migrate(db, [COMMON_MIGRATION, outbox_parts_migration(2)])  # twice: nothing to do
 
     async def write(tx: Tx) -> None:
-        await publish(tx, "test.new", _event(2, chain=event.data["chain"]), shared=("chain",))
+        await publish(tx, "test.new", sample_event(2, chain=event.data["chain"]), shared=("chain",))
 
     await db.run(write)
     async with db.read(may_lag=False) as conn:
@@ -452,7 +443,11 @@ async def test_poison_messages_go_to_the_dead_letter_table(db: Database, broker:
     harness = Harness(db, broker)
     await harness.start()
     try:
-        good_before, bad, good_after = _event(1), _event(2, poison=True), _event(3)
+        good_before, bad, good_after = (
+            sample_event(1),
+            sample_event(2, poison=True),
+            sample_event(3),
+        )
         await harness.emit(good_before, bad, good_after)
         await harness.producer.send_and_wait(harness.topic, b"{not json", key=b"x")
 
@@ -539,7 +534,7 @@ async def test_relay_republishes_after_the_broker_lost_its_memory(
     harness = Harness(db, bootstrap)
     await harness.start()
     try:
-        first = [_event(n) for n in range(10)]
+        first = [sample_event(n) for n in range(10)]
         await harness.emit(*first)
 
         async def first_applied() -> bool:
@@ -548,7 +543,7 @@ async def test_relay_republishes_after_the_broker_lost_its_memory(
         await _eventually(first_applied)
         stop_broker()
         start_broker()  # empty: topics, messages and consumer offsets are gone
-        later = [_event(n) for n in range(10, 15)]
+        later = [sample_event(n) for n in range(10, 15)]
         await harness.emit(*later)
 
         async def all_once() -> bool:
@@ -576,7 +571,7 @@ async def test_a_republish_cut_short_is_done_again(
     relay = OutboxRelay(db, harness.producer, harness.settings, [harness.topic])
     harness.tasks = [asyncio.create_task(relay.run(harness.stop))]
     try:
-        events = [_event(n) for n in range(10)]
+        events = [sample_event(n) for n in range(10)]
         await harness.emit(*events)
 
         async def all_published() -> bool:

@@ -21,7 +21,7 @@ from libs.common.db.common_tables import (
 from libs.common.db.engine import Database, Tx
 from libs.common.db.migrations import migrate
 from libs.common.messaging import outbox as outbox_module
-from libs.common.messaging.envelope import Envelope, make_event
+from libs.common.messaging.envelope import Envelope
 from libs.common.messaging.kafka import make_producer
 from libs.common.messaging.outbox import (
     NOT_PUBLISHED,
@@ -37,20 +37,11 @@ from libs.common.messaging.outbox import (
 )
 from libs.common.messaging.outbox_pruning import PRUNE_BATCH, Pruned, prune_outbox
 from libs.common.settings import ServiceSettings
+from tests.common.sample_events import sample_event
 
 MIGRATIONS = [COMMON_MIGRATION, outbox_parts_migration(2), outbox_part_use_migration(3)]
 KEEP = timedelta(days=8)
 TOPIC = "test.pruning"
-
-
-def _event(n: int, **data: object) -> Envelope:
-    return make_event(
-        "test.happened",
-        f"{secrets.token_hex(4)}-{n}",
-        key=str(n),
-        data={"n": n, **data},
-        source="test",
-    )
 
 
 def _chain(seed: str) -> str:
@@ -86,7 +77,7 @@ async def test_published_rows_go_after_the_keep_period_and_waiting_rows_never(
     db: Database,
 ) -> None:
     await migrate(db, MIGRATIONS)
-    await _emit(db, *(_event(n) for n in range(5)))
+    await _emit(db, *(sample_event(n) for n in range(5)))
     now = utcnow()
     by_key = {str(n): outbox.c.event_key == str(n) for n in range(5)}
     await _set(db, outbox, by_key["0"], published_at=now - KEEP - timedelta(minutes=1))
@@ -102,7 +93,7 @@ async def test_published_rows_go_after_the_keep_period_and_waiting_rows_never(
 
     # More than a batch: every old row goes, a transaction per batch.
     many = PRUNE_BATCH * 2 + 500
-    await _emit(db, *(_event(n) for n in range(100, 100 + many)))
+    await _emit(db, *(sample_event(n) for n in range(100, 100 + many)))
     await _set(
         db,
         outbox,
@@ -119,7 +110,12 @@ async def test_a_part_stays_while_a_row_may_name_it(db: Database) -> None:
     row still reads back whole."""
     await migrate(db, MIGRATIONS)
     unused, lately, waiting = _chain("1y"), _chain("3k"), _chain("9z")
-    await _emit(db, _event(1, chain=unused), _event(2, chain=lately), _event(3, chain=waiting))
+    await _emit(
+        db,
+        sample_event(1, chain=unused),
+        sample_event(2, chain=lately),
+        sample_event(3, chain=waiting),
+    )
     now = utcnow()
     ten_days_ago, nine_days_ago = now - timedelta(days=10), now - timedelta(days=9)
     published = outbox.c.event_key.in_(["1", "2"])
@@ -163,15 +159,15 @@ async def test_a_part_in_use_moves_its_use_forward_and_comes_back_after_pruning(
     forward, or stores it anew if it was pruned."""
     await migrate(db, MIGRATIONS)
     chain = _chain("4q")
-    await _emit(db, _event(1, chain=chain))
+    await _emit(db, sample_event(1, chain=chain))
     hours_ago = (utcnow() - 2 * PART_USE_REFRESH).replace(microsecond=0)
     await _set(db, outbox_part, outbox_part.c.body == chain, used_at=hours_ago)
 
-    await _emit(db, _event(2, chain=chain))  # remembered: nothing written
+    await _emit(db, sample_event(2, chain=chain))  # remembered: nothing written
     assert (await _parts(db))[chain] == hours_ago
 
     monkeypatch.setitem(outbox_module._PARTS_WRITTEN, db, _PartsWritten())
-    await _emit(db, _event(3, chain=chain))  # not remembered: written again, its use moves
+    await _emit(db, sample_event(3, chain=chain))  # not remembered: written again, its use moves
     assert (await _parts(db))[chain] > utcnow() - timedelta(minutes=1)
 
     # Pruned with every row that named it, then taken again by an event of a process that
@@ -181,7 +177,7 @@ async def test_a_part_in_use_moves_its_use_forward_and_comes_back_after_pruning(
     await _set(db, outbox_part, outbox_part.c.body == chain, used_at=long_ago)
     assert await prune_outbox(db, KEEP) == Pruned(rows=3, parts=1)
     monkeypatch.setitem(outbox_module._PARTS_WRITTEN, db, _PartsWritten())
-    await _emit(db, _event(4, chain=chain))
+    await _emit(db, sample_event(4, chain=chain))
     async with db.read(may_lag=False) as conn:
         rows = await whole_rows(conn, (await conn.execute(select(*ROW))).all())
     assert [Envelope.model_validate_json(p).data for *_, p in rows] == [{"n": 4, "chain": chain}]
@@ -190,7 +186,7 @@ async def test_a_part_in_use_moves_its_use_forward_and_comes_back_after_pruning(
 async def test_an_outbox_from_before_gets_the_use_of_its_parts(db: Database) -> None:
     """A parts table without ``used_at`` gains it; its parts count as used at the upgrade."""
     await migrate(db, MIGRATIONS[:2])
-    await _emit(db, _event(1, chain=_chain("8w")))
+    await _emit(db, sample_event(1, chain=_chain("8w")))
     async with db.primary.begin() as conn:
         await conn.execute(text("ALTER TABLE outbox_part DROP COLUMN used_at"))
     before = utcnow() - timedelta(seconds=1)
@@ -209,7 +205,7 @@ async def test_a_relay_that_caught_up_prunes(db: Database, broker: str) -> None:
         outbox_republish_horizon_seconds=60,
         outbox_keep_published_seconds=60,
     )
-    await _emit(db, *(_event(n, chain=_chain("6m")) for n in range(3)))
+    await _emit(db, *(sample_event(n, chain=_chain("6m")) for n in range(3)))
     await _set(db, outbox, outbox.c.event_key != "2", published_at=utcnow() - timedelta(minutes=2))
     producer: AIOKafkaProducer = make_producer(settings)
     await producer.start()
