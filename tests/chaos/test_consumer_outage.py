@@ -15,12 +15,12 @@ from libs.common.db.engine import Database, Tx
 from libs.common.db.migrations import migrate
 from libs.common.messaging.consumer import EventConsumer, Subscription, dead_letters
 from libs.common.messaging.envelope import Envelope
+from tests.common.sample_events import sample_event
 from tests.common.test_messaging import (
     MIGRATIONS,
     Harness,
     _apply,
     _effect_counts,
-    _event,
     _eventually,
 )
 
@@ -61,7 +61,7 @@ async def test_an_outage_longer_than_the_retries_loses_nothing(
     )
     task = asyncio.create_task(consumer.run(harness.stop))
     try:
-        events = [_event(n) for n in range(3)]
+        events = [sample_event(n) for n in range(3)]
         await harness.emit(*events)
 
         async def each_applied_twice() -> bool:

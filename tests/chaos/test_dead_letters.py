@@ -21,7 +21,8 @@ from libs.common.messaging.consumer import dead_letters
 from libs.common.messaging.envelope import ORDER_EVENTS, dlq_topic, make_event
 from libs.common.messaging.outbox import utcnow
 from services.stats.models import stats_orders
-from tests.common.test_messaging import MIGRATIONS, Harness, _event, _eventually
+from tests.common.sample_events import sample_event
+from tests.common.test_messaging import MIGRATIONS, Harness, _eventually
 
 
 def _dlq_count(consumer: str, topic: str) -> float:
@@ -37,7 +38,7 @@ async def test_a_poison_message_is_dead_lettered_with_its_reason_and_counted(
     await harness.start()
     try:
         before = _dlq_count(harness.consumer.name, harness.topic)
-        bad = _event(1, poison=True)
+        bad = sample_event(1, poison=True)
         await harness.emit(bad)
 
         async def counted() -> bool:
