@@ -1,9 +1,9 @@
 """User service benchmark (issue 3): a random tree (default 200,000 users; the issue's figure
 is 1,000,000: ``BENCH_USER_TREE_SIZE=1000000``) plus one chain 1,000 deep, seeded straight
 into the database; then, through the service's HTTP API (a real uvicorn process): bind
-throughput and latency at depth 1 vs depth 1,000, ancestors at depth 1,000, a children page,
-the team size of the tree's root; and the same ancestor lookup done the seed's way (a
-recursive CTE per query) measured in the same run as the baseline.
+throughput and latency at depth 1 vs depth 1,000 (and depth 3, see ``DEPTHS``), ancestors at
+depth 1,000, a children page, the team size of the tree's root; and the same ancestor lookup
+done the seed's way (a recursive CTE per query) measured in the same run as the baseline.
 
 Environment: BENCH_USER_TREE_SIZE, BENCH_USER_CHAIN_DEPTH (1000), BENCH_USER_BINDS (2000 per
 depth and concurrency), BENCH_USER_CONCURRENCY (callers in flight in the bind runs, "4,8,16"),
@@ -55,7 +55,13 @@ CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_USER_CONCURRENCY", "4,8,1
 # Binds at each depth before the measured runs: the first requests of a process pay for
 # compiling statements and filling caches.
 WARM_UP_BINDS = 300
-ROUNDS = 3  # turns of depth 1 and depth 1,000 per concurrency (rates are their medians)
+ROUNDS = 3  # turns of the depths per concurrency (rates are their medians)
+# Where the bound users' promoters stand: the tree's root (depth 1, the issue's baseline), a
+# user at depth 3 and the tip of the chain (depth 1,000). A bind changes the level 1-3 counts of
+# up to three ancestors, and the root has none above it: depth 3 is the first depth at which a
+# bind does all the work it ever does except for the path's length, so depth 1,000 against
+# depth 3 shows what the path's length alone costs.
+DEPTHS = ("depth1", "depth3", "depth1000")
 
 
 def _pct(samples: list[float], pct: float) -> float:
@@ -83,6 +89,7 @@ class Seed:
         self.ids = IdGenerator(1)
         self.tree_root = 0
         self.chain_tip = 0
+        self.third_level = 0  # a user at depth 3 of the random tree
         self.deep_user = 0  # a chain member at depth chain_depth
         self.busy_parent = 0
         self.codes: dict[str, str] = {}
@@ -113,6 +120,7 @@ class Seed:
             level3[p] += level2[i]
             team[p] += 1 + team[i]
         self.tree_root = node_ids[0]
+        self.third_level = next(node_ids[i] for i in range(n) if paths.depth_of(depth_path[i]) == 3)
         self.busy_parent = node_ids[max(range(n), key=lambda i: level1[i])]
         # The chain hangs under the tree's root: its tip is at depth chain_depth.
         chain = [self.ids.next_id() for _ in range(self.chain_depth - 1)]
@@ -174,7 +182,11 @@ class Seed:
                         "team_size": team[i],
                     },
                 )
-        for name, promoter_id in (("depth1", self.tree_root), ("depth1000", self.chain_tip)):
+        for name, promoter_id in (
+            ("depth1", self.tree_root),
+            ("depth3", self.third_level),
+            ("depth1000", self.chain_tip),
+        ):
             code = f"BENCH{secrets.token_hex(2).upper()}"[:8].replace("0", "2").replace("1", "3")
             self.codes[name] = code
             add(
@@ -251,7 +263,7 @@ async def _run(database_url: str, workdir: Path) -> None:
     reads = _env("BENCH_USER_READS", 500)
     db = Database(database_url)
     await migrate(db, MIGRATIONS)
-    seed = Seed(size, depth, 2 * len(CONCURRENCIES) * (binds + ROUNDS) + 2 * WARM_UP_BINDS)
+    seed = Seed(size, depth, len(DEPTHS) * (len(CONCURRENCIES) * (binds + ROUNDS) + WARM_UP_BINDS))
     started = time.perf_counter()
     await seed.load(db)
     print(
@@ -361,17 +373,17 @@ async def _measure(client: BenchClient, seed: Seed, binds: int, reads: int, pid:
 
         return bind
 
-    for name in ("depth1", "depth1000"):
+    for name in DEPTHS:
         await _timed(WARM_UP_BINDS, CONCURRENCIES[0], binder(name, WARM_UP_BINDS))
-    ratios = []
+    ratios: dict[str, list[str]] = {"depth1": [], "depth3": []}
     for concurrency in CONCURRENCIES:
-        # Depth 1 and depth 1,000 take turns, ROUNDS times: this machine's speed drifts by
-        # tens of percent from one minute to the next, and the ratio must not measure that.
-        runs: dict[str, list[tuple[float, float, float]]] = {"depth1": [], "depth1000": []}
-        samples: dict[str, list[float]] = {"depth1": [], "depth1000": []}
+        # The depths take turns, ROUNDS times: this machine's speed drifts by tens of percent
+        # from one minute to the next, and the ratios must not measure that.
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in DEPTHS}
+        samples: dict[str, list[float]] = {name: [] for name in DEPTHS}
         per_round = max(binds // ROUNDS, 1)
         for _ in range(ROUNDS):
-            for name in ("depth1", "depth1000"):
+            for name in DEPTHS:
                 bind = binder(name, per_round)
                 service_before, client_before = _cpu_seconds(pid), time.process_time()
                 elapsed, latencies = await _timed(per_round, concurrency, bind)
@@ -383,7 +395,7 @@ async def _measure(client: BenchClient, seed: Seed, binds: int, reads: int, pid:
                     )
                 )
                 samples[name] += latencies
-        for name in ("depth1", "depth1000"):
+        for name in DEPTHS:
             rate, service_cpu, client_cpu = (
                 statistics.median(r[i] for r in runs[name]) for i in range(3)
             )
@@ -393,12 +405,17 @@ async def _measure(client: BenchClient, seed: Seed, binds: int, reads: int, pid:
                 + f"  CPU per bind: service {service_cpu:.3f} ms, client {client_cpu:.3f} ms",
                 flush=True,
             )
-        turns = [
-            deep[0] / shallow[0]
-            for shallow, deep in zip(runs["depth1"], runs["depth1000"], strict=True)
-        ]
-        ratios.append(f"x{concurrency}: {statistics.median(turns):.2f}")
-    print("bind throughput depth 1000 / depth 1 (median of the turns): " + ", ".join(ratios))
+        for base, found in ratios.items():
+            turns = [
+                deep[0] / shallow[0]
+                for shallow, deep in zip(runs[base], runs["depth1000"], strict=True)
+            ]
+            found.append(f"x{concurrency}: {statistics.median(turns):.2f}")
+    for base, found in ratios.items():
+        print(
+            f"bind throughput depth 1000 / {base.replace('depth', 'depth ')} "
+            "(median of the turns): " + ", ".join(found)
+        )
 
     async def ancestors(_: int) -> None:
         status, answer = await client.get(f"/api/v1/relations/{deep_child}/ancestors", levels=1000)
