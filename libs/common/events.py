@@ -11,11 +11,15 @@ without a new ``version``.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from libs.common import relation_path
 from libs.common.schemas import Id
+
+# A compact relation path (``relation_path.WELL_FORMED``), checked once per distinct value.
+CompactPath = Annotated[str, AfterValidator(relation_path.checked)]
 
 
 class EventData(BaseModel):
@@ -58,10 +62,10 @@ class UserBound(EventData):  # user.bound, user.rebound, user.moved
     bound_at: datetime
     # Version 2. The ancestors after the change, root first, the parent last, ids in base 36
     # (libs/common/relation_path.py): ",<root>,...,<parent>,".
-    ancestor_path: str | None = Field(default=None, pattern=relation_path.PATTERN)
+    ancestor_path: CompactPath | None = None
     # Version 2. The ancestors before the change, the same way (None for a first bind):
     # whose team shrinks.
-    previous_ancestor_path: str | None = Field(default=None, pattern=relation_path.PATTERN)
+    previous_ancestor_path: CompactPath | None = None
     # Version 1: the same as decimal ids, nearest first (parent, grandparent, ...).
     ancestor_ids: list[Id] = []
     previous_ancestor_ids: list[Id] = []

@@ -44,7 +44,8 @@ def test_a_first_bind_has_no_previous_ancestors() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["", "2,", ",2", ",2,,3,", ",A,", ",2 ,", ",12345678901234,", ",-1,", "2"]
+    "path",
+    ["", "2,", ",2", ",2,,3,", ",A,", ",2 ,", ",12345678901234,", ",-1,", "2", ",2,\n", "\n,2,"],
 )
 def test_a_malformed_path_is_refused(path: str) -> None:
     # A consumer turns the refusal into a poison message (dead letter), not a wrong count.
