@@ -49,6 +49,14 @@ visits = Table(
     # A Python-side default: prepared inserts leave such statements to SQLAlchemy.
     Column("kind", String(8), nullable=False, default="plain"),
 )
+# Columns that need no conversion on SQLite: many-row writes pick their values by name in C.
+counters = Table(
+    "counters",
+    meta,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("label", String(16), nullable=False),
+    Column("total", Integer, nullable=False),
+)
 
 
 async def _schema(ctx: MigrationContext) -> None:
@@ -113,6 +121,34 @@ async def test_prepared_statements_answer_as_sqlalchemy_does(db: Database) -> No
         assert await FIRST_AFTER.rows(conn, {"after": 4, "limit": 9}) == [{"id": 5}, {"id": 6}]
         hits = dict((await conn.execute(select(visits.c.id, visits.c.hits))).all())
         assert hits == {1: 5, 2: 1, 3: 1, 4: 1, 5: 17, 6: 2}
+
+
+async def test_many_rows_are_written_by_name_whatever_the_order_of_their_keys(
+    db: Database,
+) -> None:
+    await migrate(db, MIGRATIONS)
+    rows = [
+        {"id": 1, "label": "a", "total": 1},
+        {"total": 2, "id": 2, "label": "b"},
+        {"label": "c", "total": 3, "id": 3},
+    ]
+
+    async def write(tx: Tx) -> int:
+        conn = await tx.main()
+        inserted = await insert_ignore(conn, counters, rows)
+        await upsert_add(
+            conn,
+            counters,
+            [{"total": 10, "id": 1, "label": "a"}, {"id": 4, "label": "d", "total": 4}],
+            ["id"],
+            ["total"],
+        )
+        return inserted
+
+    assert await db.run(write) == 3
+    async with db.read(may_lag=False) as conn:
+        found = (await conn.execute(select(counters).order_by(counters.c.id))).all()
+    assert [tuple(row) for row in found] == [(1, "a", 11), (2, "b", 2), (3, "c", 3), (4, "d", 4)]
 
 
 async def test_a_prepared_union_of_any_parts_answers_as_sqlalchemys_union(
