@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from libs.common import relation_path
 from libs.common.schemas import Id
@@ -66,9 +66,10 @@ class UserBound(EventData):  # user.bound, user.rebound, user.moved
     # Version 2. The ancestors before the change, the same way (None for a first bind):
     # whose team shrinks.
     previous_ancestor_path: CompactPath | None = None
-    # Version 1: the same as decimal ids, nearest first (parent, grandparent, ...).
-    ancestor_ids: list[Id] = []
-    previous_ancestor_ids: list[Id] = []
+    # Version 1: the same as decimal ids, nearest first (parent, grandparent, ...). A factory,
+    # not ``= []``: pydantic deep-copies a mutable default for every event it reads.
+    ancestor_ids: list[Id] = Field(default_factory=list)
+    previous_ancestor_ids: list[Id] = Field(default_factory=list)
 
     def ancestors(self) -> list[int]:
         """The ancestors after the change, nearest first."""
