@@ -28,10 +28,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     select,
 )
 
 from libs.common.db.engine import Database, Tx, is_retryable
+from libs.common.db.prepared import Prepared
 from libs.common.db.sql import insert_ignore
 from libs.common.messaging.envelope import Envelope, dlq_topic
 from libs.common.messaging.kafka import BrokerMemory, ensure_topics, start_with_retry
@@ -84,6 +86,15 @@ class _InboxRace(Exception):
     pass
 
 
+# Which of a batch's events a consumer has recorded: once per micro-batch of every consumer.
+_SEEN = Prepared(
+    select(inbox.c.event_id).where(
+        inbox.c.consumer == bindparam("consumer"),
+        inbox.c.event_id.in_(bindparam("event_ids", expanding=True)),
+    )
+)
+
+
 async def record_new(tx: Tx, consumer: str, events: Sequence[Envelope]) -> list[Envelope]:
     """Record events in the inbox; return those not seen before (in order, deduplicated)."""
     conn = await tx.main()
@@ -92,15 +103,8 @@ async def record_new(tx: Tx, consumer: str, events: Sequence[Envelope]) -> list[
         unique.setdefault(event.id, event)
     if not unique:
         return []
-    seen = set(
-        (
-            await conn.execute(
-                select(inbox.c.event_id).where(
-                    inbox.c.consumer == consumer, inbox.c.event_id.in_(list(unique))
-                )
-            )
-        ).scalars()
-    )
+    found = await _SEEN.rows(conn, {"consumer": consumer, "event_ids": list(unique)})
+    seen = {row["event_id"] for row in found}
     fresh = [e for e in unique.values() if e.id not in seen]
     now = utcnow()
     inserted = await insert_ignore(
