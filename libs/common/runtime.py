@@ -154,11 +154,22 @@ class Runtime:
         async def broker() -> None:
             await self.producer.client.fetch_all_metadata()
 
-        await asyncio.gather(
+        async def consumers() -> None:
+            joining = [c.name for c in self.consumers if not c.joined]
+            if joining:
+                raise RuntimeError(f"not yet in their groups: {', '.join(joining)}")
+
+        probes = [
             check("database", self.db.ping),
             check("redis", self.redis.ping),
             check("broker", broker),
-        )
+        ]
+        if self.consumers:
+            # A process that runs consumers is ready once each has first joined its group: a
+            # new group reads nothing for its first seconds, and an order paid then would show
+            # no commission yet. Later rebalances do not count (HTTP is served meanwhile).
+            probes.append(check("consumers", consumers))
+        await asyncio.gather(*probes)
         return checks
 
 

@@ -172,3 +172,23 @@ async def test_one_leader_and_synchronous_fallback(runtime: Runtime, db: Databas
     assert (balances["frozen_amount"], balances["available_amount"]) == (0, 3_000)
     runtime.producer = make_producer(runtime.settings)
     await runtime.producer.start()
+
+
+async def test_ready_once_every_consumer_has_joined_its_group(runtime: Runtime) -> None:
+    """A process with consumers is ready once each has joined its group: a new group reads
+    nothing for its first seconds, and an order paid then would show no commission yet."""
+    assert runtime.consumers
+    first = (await runtime.readiness())["consumers"]
+    assert first == "ok" or first.startswith("down: RuntimeError: not yet in their groups")
+
+    async def ready() -> bool:
+        checks = await runtime.readiness()
+        return checks == {"database": "ok", "redis": "ok", "broker": "ok", "consumers": "ok"}
+
+    await eventually(ready)
+    assert all(consumer.joined for consumer in runtime.consumers)
+    # One consumer not in its group yet keeps the process not ready, and is named.
+    runtime.consumers[0].joined = False
+    checks = await runtime.readiness()
+    assert checks["consumers"].startswith("down: RuntimeError: not yet in their groups")
+    assert runtime.consumers[0].name in checks["consumers"]

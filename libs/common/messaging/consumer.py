@@ -16,7 +16,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 from sqlalchemy import (
@@ -128,6 +128,17 @@ def _crash_point(settings: ServiceSettings, point: str, events: Sequence[Envelop
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class _JoinedListener(ConsumerRebalanceListener):
+    def __init__(self, consumer: EventConsumer) -> None:
+        self._consumer = consumer
+
+    def on_partitions_revoked(self, revoked: object) -> None:
+        return None
+
+    def on_partitions_assigned(self, assigned: object) -> None:
+        self._consumer.joined = True
+
+
 class EventConsumer:
     def __init__(
         self,
@@ -142,6 +153,10 @@ class EventConsumer:
         self.settings = settings
         self.name = f"{settings.service_name}.{subscription.name}"
         self.consumer: AIOKafkaConsumer | None = None
+        # Set once the consumer has first joined its group (with or without partitions): a
+        # new group waits a few seconds for its members before any event is read, and the
+        # service's readiness waits for that (``Runtime.readiness``).
+        self.joined = False
 
     async def _apply(self, events: Sequence[Envelope]) -> list[Envelope]:
         """Apply a batch in one transaction; returns the events that were new."""
@@ -252,7 +267,6 @@ class EventConsumer:
         topics = list(self.subscription.topics)
         await ensure_topics(self.settings, [*topics, *(dlq_topic(t) for t in topics)])
         self.consumer = AIOKafkaConsumer(
-            *topics,
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.name,
             enable_auto_commit=False,
@@ -264,6 +278,7 @@ class EventConsumer:
             # expires; a short rebalance timeout bounds how long the others wait for it.
             rebalance_timeout_ms=10000,
         )
+        self.consumer.subscribe(topics, listener=_JoinedListener(self))
         await start_with_retry(self.consumer)
         memory = BrokerMemory(self.settings, f"consumer.{self.name}", topics[0])
         rewind, marked, checked = False, False, 0.0
