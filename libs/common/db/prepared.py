@@ -230,15 +230,7 @@ async def _direct_rows(
 def runs_inline(conn: AsyncConnection) -> bool:
     """Whether prepared statements on ``conn`` run straight on an inline SQLite connection
     (a statement then costs microseconds, so several small ones can beat one large one)."""
-    return _inline(conn) is not None
-
-
-def _inline(conn: AsyncConnection) -> InlineConnection | None:
-    sync = conn.sync_connection
-    if sync is None or conn.dialect.name != "sqlite":
-        return None
-    driver = sync.connection.driver_connection
-    return driver if isinstance(driver, InlineConnection) else None
+    return isinstance(_driver(conn), InlineConnection)
 
 
 def _driver(conn: AsyncConnection) -> Any:
